@@ -1,0 +1,114 @@
+"""The one in-memory shape every dataset loader returns.
+
+A loader's job ends at :class:`RetrievalDataset`: class-disjoint train / val / test splits
+with contiguous integer labels. Everything downstream (trainer, metrics, tracking) reads
+only this, so a new dataset is one function that fills it in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    """One split: inputs, labels and what the benchmark knows beyond the labels.
+
+    ``x`` is either a float32 feature matrix ``(N, F)`` or a list of N image file paths.
+    ``y`` are the labels the model sees (noisy on train when noise is on), contiguous
+    ``0..C-1`` within the split. ``y_clean`` are the true labels when the dataset knows
+    them, ``parents`` the parent (super-class) label of each sample, contiguous too.
+    ``gallery``: a separate retrieval gallery (In-Shop); without it the split is searched
+    against itself with the query excluded by index.
+    """
+
+    x: np.ndarray | list[str]
+    y: np.ndarray
+    y_clean: np.ndarray | None = None
+    parents: np.ndarray | None = None
+    gallery: "Split | None" = None
+
+    def __post_init__(self) -> None:
+        self.y = np.asarray(self.y, dtype=np.int64)
+        n = len(self.x)
+        for name in ("y", "y_clean", "parents"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"Split.{name} has {len(v)} entries but x has {n}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1 if len(self.y) else 0
+
+    @property
+    def class_parents(self) -> np.ndarray | None:
+        """Parent label of each class (index = class label), from the clean labels."""
+        if self.parents is None:
+            return None
+        y = self.y_clean if self.y_clean is not None else self.y
+        out = np.full(int(y.max()) + 1, -1, dtype=np.int64)
+        out[y] = self.parents
+        return out
+
+
+@dataclass
+class RetrievalDataset:
+    """Train / val / test splits over disjoint classes, plus where they came from."""
+
+    name: str
+    train: Split
+    test: Split
+    val: Split | None = None
+    kind: Literal["features", "images"] = "features"
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_train_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def input_dim(self) -> int | None:
+        return int(self.train.x.shape[1]) if self.kind == "features" else None
+
+    def fingerprint(self) -> str:
+        """Short content hash of labels and inputs, logged with every run."""
+        h = hashlib.sha256()
+        for s in (self.train, self.val, self.test):
+            if s is None:
+                continue
+            h.update(np.ascontiguousarray(s.y).tobytes())
+            if isinstance(s.x, np.ndarray):
+                h.update(np.ascontiguousarray(s.x).tobytes())
+            else:
+                h.update("\n".join(s.x).encode())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict:
+        def one(s: Split) -> dict:
+            d = {"samples": len(s), "classes": int(len(np.unique(s.y)))}
+            if s.gallery is not None:
+                d["gallery_samples"] = len(s.gallery)
+            return d
+
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "train": one(self.train),
+            "val": one(self.val) if self.val is not None else None,
+            "test": one(self.test),
+            "hierarchy_depth": 2 if self.train.parents is not None else 1,
+        }
+
+
+def relabel(y: np.ndarray) -> np.ndarray:
+    """Map arbitrary class ids to contiguous 0..C-1 keeping their sorted order."""
+    _, inv = np.unique(np.asarray(y), return_inverse=True)
+    return inv.astype(np.int64)

@@ -1,0 +1,100 @@
+"""Any image-folder dataset: ``root/<class>/<image>`` or ``root/<parent>/<class>/<image>``.
+
+The two-level form is detected automatically (top folders hold only sub-folders) and
+gives a hierarchy. Classes are sorted by path; the first half train, the second half
+test, the same class-disjoint protocol as CUB and Cars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.layout import layout_error, need_root, record_counts
+
+NAME = "folder"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+LAYOUT = """\
+ROOT/                        one folder per class ...
+  <class_a>/img001.jpg
+  <class_b>/...
+or, with a two-level hierarchy (detected automatically):
+ROOT/
+  <parent_1>/<class_a>/img001.jpg
+  <parent_1>/<class_b>/...
+  <parent_2>/<class_c>/...
+Image files: """ + " ".join(IMAGE_EXTENSIONS) + """ (any case); hidden files are ignored.
+Split: first half of the sorted classes train, second half test (at least 2 classes).
+"""
+
+
+def is_image(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def subdirs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def scan(root: Path) -> tuple[list[tuple[str, str, list[Path]]], int]:
+    """``(parent, class_key, images)`` per class, and the hierarchy depth (1 or 2).
+
+    Depth 2 when no top-level folder holds images directly but their sub-folders do;
+    a mix of both is ambiguous and rejected with the offending folders named.
+    """
+    tops = subdirs(root)
+    direct = {d: sorted(f for f in d.iterdir() if is_image(f)) for d in tops}
+    with_images = [d for d in tops if direct[d]]
+    if with_images and len(with_images) == len(tops):
+        return [("", d.name, direct[d]) for d in tops], 1
+    nested = []
+    for d in tops:
+        for c in subdirs(d):
+            imgs = sorted(f for f in c.iterdir() if is_image(f))
+            if imgs:
+                nested.append((d.name, f"{d.name}/{c.name}", imgs))
+    if with_images and nested:
+        raise layout_error(
+            NAME,
+            root,
+            [
+                "mixed depth: some top folders hold images directly "
+                f"({', '.join(d.name for d in with_images[:3])}) and others hold class sub-folders; use one form"
+            ],
+            LAYOUT,
+        )
+    if with_images:  # some top folders are empty: ignore them, depth 1
+        return [("", d.name, direct[d]) for d in with_images], 1
+    return nested, 2
+
+
+def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
+    """Load an image-folder tree; classes sorted, first half train, second half test."""
+    root = need_root(NAME, root, LAYOUT)
+    classes, depth = scan(root)
+    if len(classes) < 2:
+        raise layout_error(NAME, root, [f"found {len(classes)} class folder(s) with images; need at least 2"], LAYOUT)
+    classes.sort(key=lambda c: c[1])
+    n_train = len(classes) // 2
+
+    def make(part: list[tuple[str, str, list[Path]]]) -> Split:
+        x = [str(f) for _, _, imgs in part for f in imgs]
+        y = np.concatenate([np.full(len(imgs), i) for i, (_, _, imgs) in enumerate(part)])
+        parents = None
+        if depth == 2:
+            parents = relabel(np.array([p for p, _, imgs in part for _ in imgs]))
+        return Split(x=x, y=relabel(y), parents=parents)
+
+    ds = RetrievalDataset(
+        name=NAME,
+        train=make(classes[:n_train]),
+        test=make(classes[n_train:]),
+        kind="images",
+        recall_ks=(1, 2, 4, 8),
+        info={"class_names": {"train": [c[1] for c in classes[:n_train]], "test": [c[1] for c in classes[n_train:]]}},
+    )
+    record_counts(ds, None, root)
+    return ds

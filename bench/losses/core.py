@@ -1,0 +1,292 @@
+"""The one proxy-loss core every variant shares.
+
+A proxy loss here is a scalar function of the cosine-similarity matrix ``sim = s(x, p)``
+(B samples x C proxies). Each variant supplies an *objective*: a function that, given
+``sim``, returns the loss value **and** its gradient ``dL/dsim`` (B, C), computed together
+in one sweep with no autograd graph. The core does the rest:
+
+* proxies as a parameter, ``kaiming_normal_(mode="fan_out")`` (:class:`ProxyLoss`);
+* cosine similarities as one GEMM ``x_n @ p^T`` with the proxy norms applied per column,
+  so the (C, D) proxy matrix is never normalised elementwise;
+* a fused backward (:class:`_CosineObjective`): the objective's ``dL/dsim`` goes straight
+  into the two backward GEMMs; the normalisation Jacobians are folded in analytically.
+  Forward + backward is the three B x D x C GEMMs plus a handful of O(B*C) passes.
+
+The numerical kernel is :func:`lse_softmax_`: a *weighted* ``log(1 + sum w exp(z))``
+computed as a log-sum-exp with a zero term, weights entering as ``+log w`` (``w = 0``,
+i.e. ``-inf``, excludes an entry). It never forms a raw ``exp(z)``, so
+``alpha * (1 + delta) = 35.2`` cannot overflow, and all of it runs in float32 even for
+bfloat16/float16 inputs (float64 stays float64, for gradcheck).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: ``objective(sim) -> (loss value (0-d), dL/dsim (B, C))``. May overwrite ``sim`` while it
+#: runs but must leave its values unchanged on return; may return ``sim``-sized buffers it owns.
+Objective = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+
+EPS = 1e-12  # as F.normalize
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64 (gradcheck), else float32 (never half precision)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def lse_softmax_(z: Tensor, dim: int, add_one: bool = True, out_scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+    """``log(add_one + sum exp(z))`` along ``dim``; ``z`` becomes ``out_scale * d lse / d z``.
+
+    ``z`` holds the logits with ``+log w`` already added (``-inf`` = excluded entry). In
+    place: ``z`` is overwritten by its softmax weights ``exp(z) / (1 + sum exp(z))`` times
+    ``out_scale`` (broadcast against the reduced shape), which is exactly the gradient a
+    caller needs, so value and gradient cost one pass each. An all-excluded slice gives
+    ``log 1 = 0`` (``add_one``) or ``-inf`` (not ``add_one``).
+    """
+    shift = z.amax(dim, keepdim=True)
+    if add_one:
+        shift.clamp_(min=0)  # the zero term takes part in the max
+    else:
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    z.sub_(shift).exp_()
+    total = z.sum(dim, keepdim=True)
+    if add_one:
+        total.add_(torch.exp(-shift))
+    z.mul_(out_scale / total)
+    return (shift + total.log()).squeeze(dim), z
+
+
+def segment_lse_softmax(z: Tensor, segments: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+    """``log(1 + sum_{i in segment k} exp(z_i))`` for every segment ``k``; and each ``z_i``'s
+    softmax weight in its segment. O(len(z)): the positives of a batch, grouped by class,
+    never a (B, C) matrix. Empty segments give 0."""
+    shift = z.new_zeros(num_segments).scatter_reduce_(0, segments, z, "amax", include_self=True)
+    e = (z - shift[segments]).exp_()
+    total = torch.exp(-shift).index_add_(0, segments, e)
+    return shift + total.log(), e.div_(total[segments])
+
+
+def log1p_sum_exp(z: Tensor, weight: Tensor | None = None, dim: int = 0) -> Tensor:
+    """Differentiable ``log(1 + sum_dim w * exp(z))``, stable, in float32 at least.
+
+    ``weight`` (broadcastable to ``z``, >= 0; 0 excludes) is a constant: no gradient flows
+    to it (confidences come from a frozen module).
+    """
+    return _Log1pSumExp.apply(z, weight, dim)
+
+
+class _Log1pSumExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, weight: Tensor | None, dim: int) -> Tensor:  # type: ignore[override]
+        logits = z.detach().to(compute_dtype(z), copy=True)
+        if weight is not None:
+            logits = logits + weight.detach().to(logits.dtype).log()
+        value, grad = lse_softmax_(logits, dim)
+        ctx.save_for_backward(grad)
+        ctx.dim, ctx.dtype = dim, z.dtype
+        return value
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad * g.unsqueeze(ctx.dim)).to(ctx.dtype), None, None
+
+
+# ---------------------------------------------------------------------------- fused cosine + objective
+
+
+class _CosineObjective(torch.autograd.Function):
+    """``sum_l objective_l(cos(x, P_l))`` with the objective's own gradient (one GEMM per
+    level forward, two backward).
+
+    With ``x_n = x/|x|``, ``u = x_n p^T`` and ``sim = u / |p|`` (column scaling, O(B*C)):
+    ``dL/dx_n = G' P`` and ``dL/dP = G'^T x_n - diag(k) P`` where ``G' = G / |p|`` (per column)
+    and ``k_c = sum_b G'_bc sim_bc / |p_c|`` (so no (C, D) normalised copy of P is formed).
+    """
+
+    @staticmethod
+    def forward(ctx, objectives: Sequence[Objective], x: Tensor, *proxies: Tensor) -> Tensor:  # type: ignore[override]
+        x_norm = x.norm(dim=1, keepdim=True).clamp_min_(EPS)
+        xn = x / x_norm
+        total = x.new_zeros(())
+        saved: list[Tensor] = []
+        for objective, p in zip(objectives, proxies):
+            inv = p.norm(dim=1).clamp_min_(EPS).reciprocal_()  # (C,)
+            sim = torch.mm(xn, p.T).mul_(inv)
+            value, grad = objective(sim)
+            grad.mul_(inv)  # G'
+            k = torch.linalg.vecdot(grad, sim, dim=0).mul_(inv)
+            total = total + value
+            saved += [grad, k]
+        ctx.save_for_backward(x_norm, xn, *proxies, *saved)
+        ctx.levels = len(proxies)
+        return total
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x_norm, xn, *rest = ctx.saved_tensors
+        n = ctx.levels
+        proxies, saved = rest[:n], rest[n:]
+        xn_g = xn * g  # fold the incoming scalar into the (B, D) operand, not a (C, D) one
+        grad_x = torch.zeros_like(xn) if ctx.needs_input_grad[1] else None
+        grads_p: list[Tensor | None] = []
+        for level, p in enumerate(proxies):
+            grad, k = saved[2 * level], saved[2 * level + 1]
+            if grad_x is not None:
+                grad_x.addmm_(grad, p)
+            if ctx.needs_input_grad[2 + level]:
+                out = p * (k * -g).unsqueeze(1)
+                grads_p.append(out.addmm_(grad.T, xn_g))
+            else:
+                grads_p.append(None)
+        if grad_x is not None:
+            grad_x.mul_(g)
+            grad_x = (grad_x - (grad_x * xn).sum(1, keepdim=True) * xn) / x_norm
+        return (None, grad_x, *grads_p)
+
+
+def cosine_objective(embeddings: Tensor, proxies: Sequence[Tensor], objectives: Sequence[Objective]) -> Tensor:
+    """``sum_l objectives[l](cos(embeddings, proxies[l]))``, float32 (float64 if given)."""
+    dtype = compute_dtype(embeddings, *proxies)
+    return _CosineObjective.apply(list(objectives), embeddings.to(dtype), *(p.to(dtype) for p in proxies))
+
+
+class _SimilarityObjective(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, objective: Objective, sim: Tensor) -> Tensor:  # type: ignore[override]
+        value, grad = objective(sim.detach().to(compute_dtype(sim), copy=True))
+        ctx.save_for_backward(grad)
+        ctx.dtype = sim.dtype
+        return value
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return None, (grad * g).to(ctx.dtype)
+
+
+def similarity_objective(sim: Tensor, objective: Objective) -> Tensor:
+    """An objective as a differentiable function of a given similarity matrix (tests, analysis)."""
+    return _SimilarityObjective.apply(objective, sim)
+
+
+# ---------------------------------------------------------------------------- objectives
+
+
+def anchor_objective(
+    sim: Tensor,
+    labels: Tensor,
+    alpha: float,
+    delta: float,
+    pos_log_weight: float = 0.0,
+    neg_log_weight: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Proxy-Anchor (Eq. 4) with one positive proxy per sample (its label).
+
+    ``1/|P+| sum_{p in P+} log(1 + sum_{X_p+} w+ e^{-alpha(s-delta)})
+    + 1/|P| sum_p log(1 + sum_{X_p-} w- e^{alpha(s+delta)})``, constant weights ``w+-``.
+    The positive part touches only the B entries ``sim[i, labels[i]]`` (a per-class
+    segment reduction); the negative part is a column log-sum-exp over all of ``sim`` with
+    those B entries set to ``-inf``; no (B, C) mask is built.
+    """
+    batch, num_classes = sim.shape
+    rows = torch.arange(batch, device=sim.device)
+    s_pos = sim[rows, labels]
+
+    # Negatives: shift = max(0, max over non-positive entries) from sim itself, so the
+    # logits are written once, already shifted: z = alpha*sim + (alpha*delta + log w - shift).
+    sim[rows, labels] = float("-inf")
+    offset = alpha * sim.amax(0) + (alpha * delta + neg_log_weight)
+    sim[rows, labels] = s_pos
+    shift = offset.clamp_min_(0)  # also maps an all-positive column (-inf) to 0
+    z = torch.add(alpha * delta + neg_log_weight - shift, sim, alpha=alpha)
+    z[rows, labels] = float("-inf")
+    z.exp_()
+    total = z.sum(0).add_(torch.exp(-shift))
+    neg_value = (shift + total.log()).sum() / num_classes
+    grad = z.mul_((alpha / num_classes) / total)
+
+    # Positives: per-class segments of the B entries.
+    pos_lse, pos_w = segment_lse_softmax(-alpha * (s_pos - delta) + pos_log_weight, labels, num_classes)
+    n_pos = torch.bincount(labels, minlength=num_classes).count_nonzero().clamp_min(1)
+    grad[rows, labels] = pos_w.mul_(-alpha / n_pos.to(sim.dtype))
+    return pos_lse.sum() / n_pos + neg_value, grad
+
+
+def weighted_anchor_objective(
+    sim: Tensor,
+    alpha: float,
+    delta: float,
+    pos_log_weight: Tensor,
+    neg_log_weight: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Proxy-Anchor with a weight per (sample, proxy) pair, both parts dense (B, C).
+
+    ``pos_log_weight``/``neg_log_weight``: ``log w`` per pair, ``-inf`` where the pair is not
+    a positive / negative. ``P+`` = proxies with at least one finite positive weight.
+    """
+    num_classes = sim.shape[1]
+    present = torch.isfinite(pos_log_weight).any(0)
+    n_pos = present.count_nonzero().clamp_min(1).to(sim.dtype)
+    z_pos = torch.add(pos_log_weight, sim, alpha=-alpha).add_(alpha * delta)
+    pos_lse, grad_pos = lse_softmax_(z_pos, 0, out_scale=alpha / n_pos)
+    z_neg = torch.add(neg_log_weight, sim, alpha=alpha).add_(alpha * delta)
+    neg_lse, grad = lse_softmax_(z_neg, 0, out_scale=alpha / num_classes)
+    return pos_lse.sum() / n_pos + neg_lse.sum() / num_classes, grad.sub_(grad_pos)
+
+
+def nca_objective(sim: Tensor, labels: Tensor, scale: float, include_positive: bool) -> tuple[Tensor, Tensor]:
+    """Proxy-NCA: ``mean_x -s'(x,p+) + LSE_{p in P-} s'(x,p)`` (``P`` instead of ``P-``
+    with ``include_positive``, i.e. ``-log softmax``), ``s' = scale * s``."""
+    batch = sim.shape[0]
+    rows = torch.arange(batch, device=sim.device)
+    z = sim * scale
+    z_pos = z[rows, labels]
+    if not include_positive:
+        z[rows, labels] = float("-inf")
+    lse, grad = lse_softmax_(z, 1, add_one=False, out_scale=scale / batch)
+    grad[rows, labels] -= scale / batch
+    return (lse - z_pos).mean(), grad
+
+
+# ---------------------------------------------------------------------------- module base
+
+
+class ProxyLoss(nn.Module):
+    """One proxy per class plus an objective over cosine similarities.
+
+    Subclasses implement :meth:`objective`; ``forward(embeddings, labels, **kw)`` is the
+    fused cosine + objective, ``from_similarity`` the same objective on a given ``sim``.
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int):
+        super().__init__()
+        if num_classes < 1 or embedding_size < 1:
+            raise ValueError(f"need num_classes >= 1 and embedding_size >= 1, got {num_classes}, {embedding_size}")
+        self.num_classes, self.embedding_size = num_classes, embedding_size
+        self.proxies = nn.Parameter(torch.empty(num_classes, embedding_size))
+        nn.init.kaiming_normal_(self.proxies, mode="fan_out")
+
+    def objective(self, sim: Tensor, labels: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def bind(self, labels: Tensor, **kwargs) -> Objective:
+        """This loss's objective for one batch, as a function of ``sim`` alone."""
+        return partial(self.objective, labels=labels, **kwargs)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, **kwargs) -> Tensor:
+        return cosine_objective(embeddings, [self.proxies], [self.bind(labels, **kwargs)])
+
+    def from_similarity(self, sim: Tensor, labels: Tensor, **kwargs) -> Tensor:
+        return similarity_objective(sim, self.bind(labels, **kwargs))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, embedding_size={self.embedding_size}"

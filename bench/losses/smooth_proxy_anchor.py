@@ -1,0 +1,128 @@
+"""Smooth Proxy-Anchor (Roig et al., CVPR 2020 workshop, arXiv 2006.05142), as we read it."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from bench.losses.confidence import ConfidenceConfig, ConfidenceModule, predict, train_confidence_module
+from bench.losses.core import ProxyLoss, anchor_objective, weighted_anchor_objective
+from bench.losses.registry import LossConfigBase, TrainingData, register_loss
+
+
+class SmoothProxyAnchorLoss(ProxyLoss):
+    """Proxy-Anchor with confidence-weighted, relabelled positives, for noisy labels.
+
+    This is **a reading** of the paper (arXiv 2006.05142): its exact equations are not
+    public in any form we could read. The reading (DESIGN.md section 2):
+
+    * confidences ``c(x, p) in [0, 1]`` (B, C) come from a confidence module trained in
+      phase 1 (:mod:`bench.losses.confidence`); ``None`` means one-hot of the labels;
+    * relabelling: ``x`` is a positive of ``p`` iff ``c(x, p) >= threshold``, else a negative;
+      ``P+`` = proxies with at least one positive in the batch, ``|P|`` = all proxies;
+    * smoothing ``S(c) = sigmoid(sharpness * (c - position))``; positive terms weighted by
+      ``S(c)``, negative terms by ``1 - S(c)``, inside Proxy-Anchor's sums::
+
+        l = 1/|P+| sum_p log(1 + sum_{x in X_p+} S(c) exp(-alpha (s - delta)))
+          + 1/|P|  sum_p log(1 + sum_{x in X_p-} (1 - S(c)) exp(alpha (s + delta)))
+
+    Weights enter the log-sum-exp as ``log S(c) = logsigmoid(t)`` and ``log(1 - S(c)) =
+    logsigmoid(-t)``, ``t = sharpness (c - position)``, so a sharp S never underflows to a
+    0 weight. Confidences are constants (no gradient). With one-hot confidences and a very
+    sharp S this is Proxy-Anchor.
+
+    Phase 1 runs in the trainer's ``begin_training`` hook; ``batch_kwargs`` then feeds each
+    batch's confidences from the frozen module (its parameters have ``requires_grad=False``,
+    so the trainer's optimizer skips them).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int,
+        alpha: float = 32.0,
+        delta: float = 0.1,
+        position: float = 0.5,
+        sharpness: float = 10.0,
+        threshold: float = 0.5,
+        confidence: ConfidenceConfig | None = None,
+    ):
+        super().__init__(num_classes, embedding_size)
+        if alpha <= 0 or sharpness <= 0 or not 0 < threshold <= 1:
+            raise ValueError(f"need alpha > 0, sharpness > 0, 0 < threshold <= 1; got {alpha}, {sharpness}, {threshold}")
+        self.alpha, self.delta = float(alpha), float(delta)
+        self.position, self.sharpness, self.threshold = float(position), float(sharpness), float(threshold)
+        self.confidence = confidence or ConfidenceConfig()
+        self.confidence_module: ConfidenceModule | None = None
+
+    # -- the loss
+
+    def log_weights(self, confidences: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log S(c) on positives else -inf, log(1 - S(c)) on negatives else -inf)``."""
+        t = (confidences - self.position) * self.sharpness
+        positive = confidences >= self.threshold
+        return F.logsigmoid(t).masked_fill_(~positive, -math.inf), F.logsigmoid(-t).masked_fill_(positive, -math.inf)
+
+    def objective(self, sim: Tensor, labels: Tensor, confidences: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if confidences is None:  # one-hot: the weights are two constants, Proxy-Anchor's sparse path
+            pos_w, neg_w = self.log_weights(torch.tensor([1.0, 0.0], dtype=torch.float64))
+            return anchor_objective(sim, labels, self.alpha, self.delta, float(pos_w[0]), float(neg_w[1]))
+        if confidences.shape != sim.shape:
+            raise ValueError(f"confidences must be (batch, num_classes) = {tuple(sim.shape)}, got {tuple(confidences.shape)}")
+        pos_w, neg_w = self.log_weights(confidences.detach().to(sim.dtype))
+        return weighted_anchor_objective(sim, self.alpha, self.delta, pos_w, neg_w)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, confidences: Tensor | None = None) -> Tensor:
+        return super().forward(embeddings, labels, confidences=confidences)
+
+    # -- trainer hooks
+
+    def begin_training(self, data: TrainingData) -> dict[str, float]:
+        """Phase 1: fit the confidence module on the frozen features and noisy labels."""
+        if not self.confidence.enabled:
+            self.confidence_module = None
+            return {}
+        module, metrics = train_confidence_module(data, self.num_classes, self.confidence)
+        self.confidence_module = module
+        return metrics
+
+    def batch_kwargs(self, inputs: Tensor, indices: Tensor | None = None) -> dict[str, Tensor]:
+        """Phase 2: this batch's confidences from the frozen module (none before phase 1)."""
+        if self.confidence_module is None:
+            return {}
+        return {"confidences": predict(self.confidence_module, inputs)}
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, alpha={self.alpha}, delta={self.delta}, position={self.position}, "
+            f"sharpness={self.sharpness}, threshold={self.threshold}"
+        )
+
+
+class SmoothProxyAnchorConfig(LossConfigBase):
+    name: Literal["smooth_proxy_anchor"] = "smooth_proxy_anchor"
+    alpha: float = Field(32.0, gt=0, description="scale of the similarity")
+    delta: float = Field(0.1, ge=0, lt=1, description="margin")
+    position: float = Field(0.5, ge=0, le=1, description="confidence where S(c) = 1/2")
+    sharpness: float = Field(10.0, gt=0, description="slope of S(c) = sigmoid(sharpness (c - position))")
+    threshold: float = Field(0.5, gt=0, le=1, description="x is a positive of p iff c(x,p) >= threshold")
+    confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig, description="phase-1 confidence module")
+
+
+@register_loss("smooth_proxy_anchor", SmoothProxyAnchorConfig)
+def _build(cfg: SmoothProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> SmoothProxyAnchorLoss:
+    return SmoothProxyAnchorLoss(
+        num_classes,
+        embedding_size,
+        alpha=cfg.alpha,
+        delta=cfg.delta,
+        position=cfg.position,
+        sharpness=cfg.sharpness,
+        threshold=cfg.threshold,
+        confidence=cfg.confidence,
+    )

@@ -1,0 +1,328 @@
+"""Grids and studies on Optuna, every trial tracked in MLflow.
+
+A grid is an Optuna study with a ``GridSampler``, so grids and searches share one storage,
+resume the same way and can share workers. Resuming a grid skips its finished cells
+(complete or failed; ``retry_failed`` re-runs the failed ones). A cell that two workers
+picked at once runs once: the later trial yields (pruned, ``duplicate_of`` set).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.config import ConfigError, Settings, TrialConfig, resolve_trial
+from bench.train import TrialFailed, run_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class StudySpec(BaseModel):
+    """A file in ``studies/``: an experiment, trial overrides, and a grid or a search space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = Field(..., min_length=1, description="MLflow experiment and Optuna study name")
+    kind: Literal["grid", "study"] = "grid"
+    description: str = ""
+    trial: dict[str, Any] = Field(default_factory=dict, description="nested overrides of bench.yaml's trial")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict, description="dotted key -> distribution")
+    n_trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, g: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, v in g.items():
+            if not isinstance(v, list) or not v:
+                raise ValueError(f"grid.{k}: needs a non-empty list of values")
+            if any(not isinstance(x, (str, int, float, bool)) or x is None for x in v):
+                raise ValueError(f"grid.{k}: values must be numbers, strings or booleans")
+            if len(set(map(repr, v))) != len(v):
+                raise ValueError(f"grid.{k}: has repeated values")
+        return g
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, s: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for k, d in s.items():
+            if len(d) != 1 or next(iter(d)) not in DISTRIBUTIONS:
+                raise ValueError(f"space.{k}: give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{log_uniform: [4, 128]}}")
+            kind, arg = next(iter(d.items()))
+            if kind == "choice":
+                if not isinstance(arg, list) or not arg:
+                    raise ValueError(f"space.{k}.choice: needs a non-empty list")
+            elif not (isinstance(arg, list) and len(arg) == 2 and arg[0] < arg[1]):
+                raise ValueError(f"space.{k}.{kind}: needs [low, high] with low < high")
+            elif kind == "log_uniform" and arg[0] <= 0:
+                raise ValueError(f"space.{k}.log_uniform: low must be > 0")
+        return s
+
+    @model_validator(mode="after")
+    def _kind(self) -> "StudySpec":
+        if self.kind == "grid" and not self.grid:
+            raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
+        if self.kind == "study" and not self.space:
+            raise ValueError("kind: study needs a 'space:' mapping of dotted keys to distributions")
+        return self
+
+    def cells(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+
+
+DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"study file {p} does not exist")
+    raw = yaml.safe_load(p.read_text()) or {}
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid study file {p}:\n  " + "\n  ".join(lines)) from None
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna storage from a URL.
+
+    ``sqlite:///...`` and ``postgresql://...``: RDB storage with heartbeats, so a trial whose
+    process died is marked failed and retried once. ``journal:PATH`` (or a path ending in
+    ``.log``/``.journal``): the journal file backend Optuna recommends for parallel local
+    workers.
+    """
+    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in url:
+        raise ConfigError(f"--storage {url!r}: use sqlite:///PATH, postgresql://..., or journal:PATH")
+    return RDBStorage(
+        url,
+        heartbeat_interval=30,
+        grace_period=120,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+    )
+
+
+@dataclass
+class StudyOutcome:
+    study_name: str
+    completed: int
+    failed: int
+    skipped: int  # cells already finished before this run
+    best: dict[str, Any] = field(default_factory=dict)  # params, value, test R@1, run id
+    parent_run_id: str = ""
+
+
+def _validate_all(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
+    """Resolve every grid cell (or the space's corners) before any trial starts."""
+    errors, cfgs = [], []
+    if spec.kind == "grid":
+        probes = spec.cells()
+    else:
+        probes = [{k: _corner(d, i) for k, d in spec.space.items()} for i in (0, 1)]
+    for cell in probes:
+        try:
+            cfgs.append(resolve_trial(settings.trial, spec.trial, dotted=cell))
+        except ConfigError as e:
+            errors.append(f"cell {cell}: {e}")
+    if errors:
+        shown = errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else [])
+        raise ConfigError("\n".join(shown))
+    return cfgs
+
+
+def _corner(dist: dict[str, Any], i: int) -> Any:
+    kind, arg = next(iter(dist.items()))
+    return arg[0] if kind == "choice" and i == 0 else arg[-1] if kind == "choice" else arg[i]
+
+
+def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
+    kind, arg = next(iter(dist.items()))
+    if kind == "uniform":
+        return trial.suggest_float(key, arg[0], arg[1])
+    if kind == "log_uniform":
+        return trial.suggest_float(key, arg[0], arg[1], log=True)
+    if kind == "int":
+        return trial.suggest_int(key, int(arg[0]), int(arg[1]))
+    return trial.suggest_categorical(key, arg)
+
+
+def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """A lower-numbered trial already running or done on this trial's cell, if any."""
+    gid = study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
+    if gid is None:
+        return None
+    TS = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING, TS.COMPLETE)):
+        if t.number < trial.number and t.system_attrs.get("grid_id") == gid:
+            return t.number
+    return None
+
+
+def run_study(
+    spec: StudySpec,
+    settings: Settings,
+    *,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    data_root: str | None = None,
+) -> StudyOutcome:
+    """Run (or resume) a grid or a study; every trial is a child run in MLflow."""
+    from bench.data import create_dataset
+    from bench.tracking import Tracker
+
+    _validate_all(settings, spec)
+    tracking_uri = tracking_uri or settings.tracking_uri
+    storage_url = storage or settings.storage
+    optuna_storage = make_storage(storage_url)
+    if spec.kind == "grid":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(spec.grid, seed=spec.seed)
+        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    else:
+        sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.sampler == "tpe"
+                   else optuna.samplers.RandomSampler(seed=spec.seed))
+        pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+                  "hyperband": optuna.pruners.HyperbandPruner(),
+                  "none": optuna.pruners.NopPruner()}[spec.pruner]
+    study = optuna.create_study(
+        study_name=spec.experiment, storage=optuna_storage, sampler=sampler, pruner=pruner,
+        direction="maximize", load_if_exists=True,
+    )
+    spec_dump = spec.model_dump(mode="json")
+    previous = study.user_attrs.get("spec")
+    if previous is not None and (previous.get("grid"), previous.get("space")) != (spec_dump["grid"], spec_dump["space"]):
+        raise ConfigError(
+            f"study {spec.experiment!r} already exists in {storage_url} with another grid/space; "
+            "give the study file a new 'experiment:' name or delete the old study"
+        )
+    study.set_user_attr("spec", spec_dump)
+
+    TS = optuna.trial.TrialState
+    total = len(spec.cells()) if spec.kind == "grid" else spec.n_trials
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.FAIL)]
+    done_cells = {json.dumps(t.params, sort_keys=True) for t in finished if t.state == TS.COMPLETE}
+    if retry_failed:
+        for t in finished:
+            key = json.dumps(t.params, sort_keys=True)
+            if t.state == TS.FAIL and key not in done_cells and t.params:
+                study.enqueue_trial(t.params, skip_if_exists=False)
+                done_cells.add(key)  # enqueue each failed cell once
+        finished = [t for t in finished if t.state == TS.COMPLETE]
+    if spec.kind == "grid":
+        already = len({json.dumps(t.params, sort_keys=True) for t in finished})
+    else:
+        already = len(finished)
+    remaining = max(total - already, 0)
+
+    tracker = Tracker(tracking_uri, spec.experiment, settings.artifact_root)
+    parent = tracker.parent_run(spec.experiment, spec.kind, spec_dump)
+    datasets: dict[str, Any] = {}
+    counts = {"completed": 0, "failed": 0}
+
+    def objective(trial: optuna.Trial) -> float:
+        if spec.kind == "grid":
+            cell = {k: trial.suggest_categorical(k, v) for k, v in spec.grid.items()}
+            dup = _duplicate_of(study, trial)
+            if dup is not None:
+                trial.set_user_attr("duplicate_of", dup)
+                raise optuna.TrialPruned(f"cell already taken by trial {dup}")
+        else:
+            cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
+        cfg = resolve_trial(settings.trial, spec.trial, dotted=cell)
+        key = cfg.data.model_dump_json()
+        if key not in datasets:
+            datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)
+        run = tracker.start_trial(parent, spec.experiment, trial.number, cfg.model_dump(mode="json"), cell)
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            run.log_epoch(epoch, metrics)
+            sel = metrics.get(f"{cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
+            if spec.kind == "study" and sel is not None:
+                trial.report(sel, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (R@1 {sel:.4f})")
+
+        try:
+            result = run_trial(cfg, dataset=datasets[key], callbacks=[report], on_setup=run.log_setup)
+        except optuna.TrialPruned as e:
+            run.fail(str(e), status="KILLED")
+            raise
+        except Exception as e:  # any failure ends this trial only; the grid goes on
+            reason = f"{type(e).__name__}: {e}"
+            trial.set_user_attr("failure_reason", reason)
+            run.fail(reason)
+            counts["failed"] += 1
+            raise TrialFailed(reason) from e
+        run.finish(result)
+        counts["completed"] += 1
+        sel = f"{'test' if cfg.eval.select_on == 'test' else 'val'}_recall_at_1"
+        trial.set_user_attr("test_recall_at_1", result.metrics["test_recall_at_1"])
+        return float(result.metrics[sel])
+
+    bar = None
+    if progress and remaining:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=already, desc=spec.experiment, unit="trial", dynamic_ncols=True)
+        _refresh_bar(bar, study)
+
+    def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+        if bar is not None and "duplicate_of" not in ft.user_attrs:
+            bar.update(1)
+            _refresh_bar(bar, st)
+
+    try:
+        if remaining:
+            study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[on_trial_end])
+    finally:
+        if bar is not None:
+            bar.close()
+        best = _best(study)
+        summary = {"best_value": best["value"], "best_test_recall_at_1": best["test_recall_at_1"]} if best else {}
+        tracker.end_parent(parent, summary)
+    return StudyOutcome(spec.experiment, counts["completed"], counts["failed"], already, best, parent)
+
+
+def _best(study: optuna.Study) -> dict[str, Any]:
+    TS = optuna.trial.TrialState
+    done = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+    if not done:
+        return {}
+    t = max(done, key=lambda t: t.value if t.value is not None else -math.inf)
+    return {"number": t.number, "params": t.params, "value": t.value,
+            "test_recall_at_1": t.user_attrs.get("test_recall_at_1", float("nan")),
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+
+
+def _refresh_bar(bar, study: optuna.Study) -> None:
+    b = _best(study)
+    TS = optuna.trial.TrialState
+    failed = len(study.get_trials(deepcopy=False, states=(TS.FAIL,)))
+    if b:
+        cell = ",".join(f"{k.split('.')[-1]}={v}" for k, v in b["params"].items())
+        bar.set_postfix_str(f"best val R@1 {b['value']:.4f} (test {b['test_recall_at_1']:.4f}) @ {cell}"
+                            + (f", failed {failed}" if failed else ""))
