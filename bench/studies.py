@@ -105,7 +105,9 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     ``.log``/``.journal``): the journal file backend Optuna recommends for parallel local
     workers.
     """
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    import warnings
+
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
@@ -116,12 +118,14 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if "://" not in url:
         raise ConfigError(f"--storage {url!r}: use sqlite:///PATH, postgresql://..., or journal:PATH")
-    return RDBStorage(
-        url,
-        heartbeat_interval=30,
-        grace_period=120,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-    )
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and relied on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=120,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 @dataclass
@@ -150,6 +154,26 @@ def _validate_all(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
         shown = errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else [])
         raise ConfigError("\n".join(shown))
     return cfgs
+
+
+def _preflight(cfgs: list[TrialConfig], datasets: dict[str, Any], data_root: str | None) -> None:
+    """Load each distinct dataset once and check every config against it (batch size vs
+    split size, m-per-class feasibility), so such mistakes also fail before any trial."""
+    from bench.data import create_dataset
+    from bench.data.samplers import make_batches
+
+    errors = []
+    for cfg in cfgs:
+        key = cfg.data.model_dump_json()
+        if key not in datasets:
+            datasets[key] = create_dataset(cfg.data, data_root)
+        y = datasets[key].train.y
+        try:
+            make_batches(y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
 
 
 def _corner(dist: dict[str, Any], i: int) -> Any:
@@ -194,7 +218,9 @@ def run_study(
     from bench.data import create_dataset
     from bench.tracking import Tracker
 
-    _validate_all(settings, spec)
+    cfgs = _validate_all(settings, spec)
+    datasets: dict[str, Any] = {}
+    _preflight(cfgs, datasets, data_root or settings.data_root)
     tracking_uri = tracking_uri or settings.tracking_uri
     storage_url = storage or settings.storage
     optuna_storage = make_storage(storage_url)
@@ -239,7 +265,6 @@ def run_study(
 
     tracker = Tracker(tracking_uri, spec.experiment, settings.artifact_root)
     parent = tracker.parent_run(spec.experiment, spec.kind, spec_dump)
-    datasets: dict[str, Any] = {}
     counts = {"completed": 0, "failed": 0}
 
     def objective(trial: optuna.Trial) -> float:

@@ -21,6 +21,7 @@ bfloat16/float16 inputs (float64 stays float64, for gradcheck).
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Sequence
 
@@ -32,6 +33,13 @@ from torch import Tensor, nn
 Objective = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 
 EPS = 1e-12  # as F.normalize
+
+#: Shifted logits are clamped here before ``exp``. The column total is >= 1 after the shift,
+#: so a term below ``e^-87`` (float32) cannot change it, but computing the underflowing
+#: ``exp`` takes a scalar slow path (~40x slower per element on CPU). An excluded entry
+#: (``-inf``) thus contributes at most ``e^-87`` instead of exactly 0, below float32
+#: resolution of the total; the anchor objective re-sets its excluded entries to exactly 0.
+EXP_FLOOR = {torch.float32: -87.0, torch.float64: -700.0}
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -56,7 +64,7 @@ def lse_softmax_(z: Tensor, dim: int, add_one: bool = True, out_scale: Tensor | 
         shift.clamp_(min=0)  # the zero term takes part in the max
     else:
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    z.sub_(shift).exp_()
+    z.sub_(shift).clamp_(min=EXP_FLOOR[z.dtype]).exp_()
     total = z.sum(dim, keepdim=True)
     if add_one:
         total.add_(torch.exp(-shift))
@@ -183,64 +191,57 @@ def similarity_objective(sim: Tensor, objective: Objective) -> Tensor:
 
 def anchor_objective(
     sim: Tensor,
-    labels: Tensor,
+    pos_rows: Tensor,
+    pos_cols: Tensor,
     alpha: float,
     delta: float,
-    pos_log_weight: float = 0.0,
-    neg_log_weight: float = 0.0,
+    pos_log_weight: Tensor | float = 0.0,
+    neg_log_weight: Tensor | float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Proxy-Anchor (Eq. 4) with one positive proxy per sample (its label).
+    """Proxy-Anchor (Eq. 4) with weighted pairs; positives listed sparsely.
 
     ``1/|P+| sum_{p in P+} log(1 + sum_{X_p+} w+ e^{-alpha(s-delta)})
-    + 1/|P| sum_p log(1 + sum_{X_p-} w- e^{alpha(s+delta)})``, constant weights ``w+-``.
-    The positive part touches only the B entries ``sim[i, labels[i]]`` (a per-class
-    segment reduction); the negative part is a column log-sum-exp over all of ``sim`` with
-    those B entries set to ``-inf``; no (B, C) mask is built.
-    """
-    batch, num_classes = sim.shape
-    rows = torch.arange(batch, device=sim.device)
-    s_pos = sim[rows, labels]
+    + 1/|P| sum_p log(1 + sum_{X_p-} w- e^{alpha(s+delta)})``.
 
-    # Negatives: shift = max(0, max over non-positive entries) from sim itself, so the
-    # logits are written once, already shifted: z = alpha*sim + (alpha*delta + log w - shift).
-    sim[rows, labels] = float("-inf")
-    offset = alpha * sim.amax(0) + (alpha * delta + neg_log_weight)
-    sim[rows, labels] = s_pos
-    shift = offset.clamp_min_(0)  # also maps an all-positive column (-inf) to 0
-    z = torch.add(alpha * delta + neg_log_weight - shift, sim, alpha=alpha)
-    z[rows, labels] = float("-inf")
+    Positive pairs are ``(pos_rows[k], pos_cols[k])`` (unique pairs; for Proxy-Anchor the
+    B pairs ``(i, labels[i])``) with ``log w+`` = ``pos_log_weight`` (scalar or (K,)); the
+    positive part is a per-proxy segment reduction over those K entries only. Every other
+    pair is a negative with ``log w-`` = ``neg_log_weight`` (scalar or dense (B, C)); the
+    negative part is one column log-sum-exp over ``sim`` with the K positives set to
+    ``-inf``, so no (B, C) mask is ever built. ``P+`` = proxies with at least one positive.
+    """
+    num_classes = sim.shape[1]
+    s_pos = sim[pos_rows, pos_cols]
+    a_delta = alpha * delta
+    # Negatives: z = alpha*sim + log w- + alpha*delta - shift, shift = max(0, column max).
+    if isinstance(neg_log_weight, Tensor):
+        z = torch.add(neg_log_weight, sim, alpha=alpha)
+        z[pos_rows, pos_cols] = -math.inf
+        shift = z.amax(0).add_(a_delta).clamp_min_(0)
+        z.add_(a_delta - shift)
+    else:  # the shift comes from sim itself, and z is written once, already shifted
+        sim[pos_rows, pos_cols] = -math.inf
+        shift = sim.amax(0).mul_(alpha).add_(a_delta + neg_log_weight).clamp_min_(0)  # all-positive column: 0
+        sim[pos_rows, pos_cols] = s_pos
+        z = torch.add(a_delta + neg_log_weight - shift, sim, alpha=alpha)
+    z.clamp_(min=EXP_FLOOR[z.dtype])  # see EXP_FLOOR
+    z[pos_rows, pos_cols] = -math.inf
     z.exp_()
     total = z.sum(0).add_(torch.exp(-shift))
     neg_value = (shift + total.log()).sum() / num_classes
     grad = z.mul_((alpha / num_classes) / total)
 
-    # Positives: per-class segments of the B entries.
-    pos_lse, pos_w = segment_lse_softmax(-alpha * (s_pos - delta) + pos_log_weight, labels, num_classes)
-    n_pos = torch.bincount(labels, minlength=num_classes).count_nonzero().clamp_min(1)
-    grad[rows, labels] = pos_w.mul_(-alpha / n_pos.to(sim.dtype))
+    # Positives: per-proxy segments of the K entries.
+    pos_lse, pos_w = segment_lse_softmax(alpha * (delta - s_pos) + pos_log_weight, pos_cols, num_classes)
+    n_pos = torch.bincount(pos_cols, minlength=num_classes).count_nonzero().clamp_min(1).to(sim.dtype)
+    grad[pos_rows, pos_cols] = pos_w.mul_(-alpha / n_pos)
     return pos_lse.sum() / n_pos + neg_value, grad
 
 
-def weighted_anchor_objective(
-    sim: Tensor,
-    alpha: float,
-    delta: float,
-    pos_log_weight: Tensor,
-    neg_log_weight: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Proxy-Anchor with a weight per (sample, proxy) pair, both parts dense (B, C).
-
-    ``pos_log_weight``/``neg_log_weight``: ``log w`` per pair, ``-inf`` where the pair is not
-    a positive / negative. ``P+`` = proxies with at least one finite positive weight.
-    """
-    num_classes = sim.shape[1]
-    present = torch.isfinite(pos_log_weight).any(0)
-    n_pos = present.count_nonzero().clamp_min(1).to(sim.dtype)
-    z_pos = torch.add(pos_log_weight, sim, alpha=-alpha).add_(alpha * delta)
-    pos_lse, grad_pos = lse_softmax_(z_pos, 0, out_scale=alpha / n_pos)
-    z_neg = torch.add(neg_log_weight, sim, alpha=alpha).add_(alpha * delta)
-    neg_lse, grad = lse_softmax_(z_neg, 0, out_scale=alpha / num_classes)
-    return pos_lse.sum() / n_pos + neg_lse.sum() / num_classes, grad.sub_(grad_pos)
+def proxy_anchor_objective(sim: Tensor, labels: Tensor, alpha: float, delta: float, **weights) -> tuple[Tensor, Tensor]:
+    """Proxy-Anchor: the positives are the B pairs ``(i, labels[i])``."""
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    return anchor_objective(sim, rows, labels, alpha, delta, **weights)
 
 
 def nca_objective(sim: Tensor, labels: Tensor, scale: float, include_positive: bool) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from bench.losses.core import ProxyLoss, anchor_objective
+from bench.losses.core import ProxyLoss, proxy_anchor_objective
 from bench.losses.registry import LossConfigBase, register_loss
 
 
@@ -29,7 +29,7 @@ class ProxyAnchorLoss(ProxyLoss):
         self.alpha, self.delta = float(alpha), float(delta)
 
     def objective(self, sim: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        return anchor_objective(sim, labels, self.alpha, self.delta)
+        return proxy_anchor_objective(sim, labels, self.alpha, self.delta)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha}, delta={self.delta}"

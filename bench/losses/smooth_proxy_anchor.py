@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -11,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from bench.losses.confidence import ConfidenceConfig, ConfidenceModule, predict, train_confidence_module
-from bench.losses.core import ProxyLoss, anchor_objective, weighted_anchor_objective
+from bench.losses.core import ProxyLoss, anchor_objective, proxy_anchor_objective
 from bench.losses.registry import LossConfigBase, TrainingData, register_loss
 
 
@@ -62,20 +61,25 @@ class SmoothProxyAnchorLoss(ProxyLoss):
 
     # -- the loss
 
-    def log_weights(self, confidences: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log S(c) on positives else -inf, log(1 - S(c)) on negatives else -inf)``."""
-        t = (confidences - self.position) * self.sharpness
-        positive = confidences >= self.threshold
-        return F.logsigmoid(t).masked_fill_(~positive, -math.inf), F.logsigmoid(-t).masked_fill_(positive, -math.inf)
+    def log_weights(self, confidences: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
+        """``((rows, cols) of the positives, log S(c) there, log(1 - S(c)) everywhere)``.
+
+        Positives (``c >= threshold``) are few per sample, so they are listed, not masked;
+        the negative weights are dense (the positives' entries are excluded downstream).
+        """
+        minus_t = torch.add(self.sharpness * self.position, confidences, alpha=-self.sharpness)  # -t
+        rows, cols = torch.nonzero(confidences >= self.threshold, as_tuple=True)
+        return (rows, cols), F.logsigmoid(-minus_t[rows, cols]), F.logsigmoid(minus_t)
 
     def objective(self, sim: Tensor, labels: Tensor, confidences: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if confidences is None:  # one-hot: the weights are two constants, Proxy-Anchor's sparse path
-            pos_w, neg_w = self.log_weights(torch.tensor([1.0, 0.0], dtype=torch.float64))
-            return anchor_objective(sim, labels, self.alpha, self.delta, float(pos_w[0]), float(neg_w[1]))
+        if confidences is None:  # one-hot: the weights are two constants, Proxy-Anchor's path
+            t = self.sharpness * torch.tensor([1.0 - self.position, self.position], dtype=torch.float64)
+            pos_w, neg_w = F.logsigmoid(t).tolist()  # log S(1), log(1 - S(0))
+            return proxy_anchor_objective(sim, labels, self.alpha, self.delta, pos_log_weight=pos_w, neg_log_weight=neg_w)
         if confidences.shape != sim.shape:
             raise ValueError(f"confidences must be (batch, num_classes) = {tuple(sim.shape)}, got {tuple(confidences.shape)}")
-        pos_w, neg_w = self.log_weights(confidences.detach().to(sim.dtype))
-        return weighted_anchor_objective(sim, self.alpha, self.delta, pos_w, neg_w)
+        (rows, cols), pos_w, neg_w = self.log_weights(confidences.detach().to(sim.dtype))
+        return anchor_objective(sim, rows, cols, self.alpha, self.delta, pos_log_weight=pos_w, neg_log_weight=neg_w)
 
     def forward(self, embeddings: Tensor, labels: Tensor, confidences: Tensor | None = None) -> Tensor:
         return super().forward(embeddings, labels, confidences=confidences)

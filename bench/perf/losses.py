@@ -55,8 +55,13 @@ def build_cases(batch: int, dim: int, classes: int, device: torch.device, seed: 
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(batch, dim, device=device, generator=gen).requires_grad_()
     y = torch.randint(0, classes, (batch,), device=device, generator=gen)
-    conf = torch.sigmoid(4 * torch.randn(batch, classes, device=device, generator=gen))
-    conf[torch.arange(batch, device=device), y] = 0.9
+    # Confidence-module-like outputs: near 0 off the label, the label mostly >= 0.5, and a
+    # second positive for ~10% of the samples.
+    rows = torch.arange(batch, device=device)
+    conf = torch.sigmoid(2 * torch.randn(batch, classes, device=device, generator=gen) - 6)
+    conf[rows, y] = torch.rand(batch, device=device, generator=gen) * 0.6 + 0.4
+    extra = rows[torch.rand(batch, device=device, generator=gen) < 0.1]
+    conf[extra, torch.randint(0, classes, (len(extra),), device=device, generator=gen)] = 0.7
     torch.manual_seed(seed)
     pa = ProxyAnchorLoss(classes, dim)
     proxies = pa.proxies.detach().clone()

@@ -1,0 +1,80 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bench.cli import main
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_trial):
+    cfg = {
+        "tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "artifact_root": str(tmp_path / "mlruns" / "artifacts"),
+        "storage": f"sqlite:///{tmp_path}/studies/optuna.db",
+        "trial": tiny_trial,
+    }
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path / "bench.yaml"))
+    return tmp_path
+
+
+def test_run_prints_metrics_and_tracks(workdir, capsys):
+    assert main(["run", "--set", "train.epochs=1", "--set", "loss.alpha=16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["test_recall_at_1"] <= 1 and out["best_epoch"] == 1
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["runs"])
+    assert len(runs) == 1 and runs["params.loss.alpha"].iloc[0] == "16.0"
+
+
+def test_bad_override_exits_2_naming_the_field(workdir, capsys):
+    assert main(["run", "--no-track", "--set", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "greater than or equal to 2" in err
+
+
+def test_bad_study_file_fails_before_any_trial(workdir, capsys):
+    (workdir / "s.yaml").write_text("experiment: x\nkind: grid\ngrid: {loss.alpha: [32, 0]}\n")
+    assert main(["grid", "s.yaml"]) == 2
+    assert "loss.alpha" in capsys.readouterr().err
+    assert not (workdir / "studies" / "optuna.db").exists()
+    (workdir / "s.yaml").write_text("experiment: x\nkind: grid\ngrid: {train.batch_size: [5000]}\n")
+    assert main(["grid", "s.yaml"]) == 2
+    assert "exceeds" in capsys.readouterr().err
+    (workdir / "s.yaml").write_text("experiment: x\nkind: grid\ngird: {loss.alpha: [1]}\n")
+    assert main(["grid", "s.yaml"]) == 2
+    assert "gird" in capsys.readouterr().err
+
+
+def test_report_on_unknown_experiment_lists_known_ones(workdir, capsys):
+    main(["run", "--set", "train.epochs=1"])
+    capsys.readouterr()
+    assert main(["report", "--experiment", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no experiment 'nope'" in err and "runs" in err
+
+
+def test_grid_then_report_from_cli(workdir, capsys):
+    (workdir / "g.yaml").write_text(
+        "experiment: cli-grid\nkind: grid\ngrid: {loss.alpha: [8, 32], loss.delta: [0.1]}\n"
+    )
+    assert main(["grid", "g.yaml", "--no-progress", "--set", "train.epochs=1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["completed_now"] == 2 and res["best"]["params"]
+    assert main(["report", "--experiment", "cli-grid", "--out", "rep"]) == 0
+    assert (workdir / "rep" / "heatmap_alpha_delta.png").exists()
+    assert (workdir / "rep" / "index.md").read_text().count("| proxy_anchor |") == 1
+
+
+def test_console_entry_points():
+    r = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for cmd in ("run", "grid", "study", "report", "demo", "ui", "datasets", "doctor"):
+        assert cmd in r.stdout

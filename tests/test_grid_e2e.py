@@ -1,0 +1,140 @@
+"""End to end: a 2 x 2 grid into a temporary MLflow + Optuna store, then the report."""
+
+import json
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from bench.config import ConfigError, Settings
+from bench.report import build_report
+from bench.studies import StudySpec, run_study
+
+GRID = {"loss.alpha": [16.0, 32.0], "loss.delta": [0.0, 0.2]}
+
+
+@pytest.fixture
+def stores(tmp_path, tiny_trial):
+    settings = Settings(
+        tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        artifact_root=str(tmp_path / "mlruns" / "artifacts"),
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        trial=tiny_trial,
+    )
+    return settings, tmp_path
+
+
+def child_runs(settings, experiment):
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`bench.role` = 'trial'")
+
+
+def test_grid_tracks_every_trial_and_report_matches(stores):
+    settings, tmp = stores
+    spec = StudySpec(experiment="e2e", kind="grid", grid=GRID)
+    out = run_study(spec, settings, progress=False)
+    assert (out.completed, out.failed, out.skipped) == (4, 0, 0)
+
+    runs = child_runs(settings, "e2e")
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    parent = runs["tags.mlflow.parentRunId"].unique()
+    assert len(parent) == 1 and parent[0] == out.parent_run_id
+    for col in ("metrics.test_recall_at_1", "metrics.test_recall_at_2", "metrics.val_recall_at_1",
+                "params.loss.alpha", "params.train.batch_size", "tags.bench.git_commit",
+                "tags.bench.version.torch", "tags.bench.dataset_fingerprint", "tags.bench.device"):
+        assert col in runs and runs[col].notna().all(), col
+    cells = {(float(a), float(d)) for a, d in zip(runs["params.loss.alpha"], runs["params.loss.delta"])}
+    assert cells == {(a, d) for a in GRID["loss.alpha"] for d in GRID["loss.delta"]}
+
+    # Per-epoch curves were logged, one point per epoch, and the config artifact exists.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    rid = runs["run_id"].iloc[0]
+    hist = client.get_metric_history(rid, "curve/val_recall_at_1")
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert {f.path for f in client.list_artifacts(rid)} >= {"config.yaml", "history.csv"}
+    best_epoch = int(runs.loc[runs.run_id == rid, "metrics.best_epoch"].iloc[0])
+    assert runs.loc[runs.run_id == rid, "metrics.val_recall_at_1"].iloc[0] == max(m.value for m in hist)
+    assert hist[best_epoch - 1].value == max(m.value for m in hist)
+
+    # Optuna agrees: 4 complete trials, value = val R@1 of the MLflow run.
+    study = optuna.load_study(study_name="e2e", storage=settings.storage)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
+    for t in study.trials:
+        row = runs[runs.run_id == t.user_attrs["mlflow_run_id"]].iloc[0]
+        assert t.value == pytest.approx(row["metrics.val_recall_at_1"])
+
+    # Report, from the tracking store only.
+    res = build_report(settings.tracking_uri, "e2e", tmp / "reports")
+    png, csv = tmp / "reports" / "heatmap_alpha_delta.png", tmp / "reports" / "heatmap_alpha_delta.csv"
+    assert png.stat().st_size > 10_000 and (tmp / "reports" / "heatmap_alpha_delta.pdf").exists()
+    table = pd.read_csv(csv)
+    assert len(table) == 4
+    for r in table.itertuples():
+        m = runs[(runs["params.loss.alpha"].astype(float) == r.alpha) & (runs["params.loss.delta"].astype(float) == r.delta)]
+        assert r.test_r1 == pytest.approx(m["metrics.test_recall_at_1"].iloc[0], abs=1e-6)
+        assert r.val_r1 == pytest.approx(m["metrics.val_recall_at_1"].iloc[0], abs=1e-6)
+    sel = table[table.selected]
+    assert len(sel) == 1 and sel.val_r1.iloc[0] == table.val_r1.max()
+    assert res["runs"] == 4
+
+    # Resume: the same command runs nothing new.
+    again = run_study(spec, settings, progress=False)
+    assert (again.completed, again.skipped) == (0, 4)
+    assert len(child_runs(settings, "e2e")) == 4
+
+
+def test_nan_trial_fails_alone_and_resume_skips_it(stores, monkeypatch):
+    import torch
+
+    from bench.losses import ProxyAnchorLoss
+
+    settings, _ = stores
+    real = ProxyAnchorLoss.forward
+
+    def nan_at_alpha_16_delta_0(self, emb, labels, **kw):
+        out = real(self, emb, labels, **kw)
+        return out * float("nan") if (self.alpha, self.delta) == (16.0, 0.0) else out
+
+    monkeypatch.setattr(ProxyAnchorLoss, "forward", nan_at_alpha_16_delta_0)
+    spec = StudySpec(experiment="nan", kind="grid", grid=GRID)
+    out = run_study(spec, settings, progress=False)
+    assert (out.completed, out.failed) == (3, 1)
+
+    runs = child_runs(settings, "nan")
+    failed = runs[runs.status == "FAILED"]
+    assert len(failed) == 1 and (runs.status == "FINISHED").sum() == 3
+    assert "loss became nan" in failed["tags.bench.failure_reason"].iloc[0]
+    assert float(failed["params.loss.alpha"].iloc[0]) == 16.0
+    study = optuna.load_study(study_name="nan", storage=settings.storage)
+    bad = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(bad) == 1 and "loss became nan" in bad[0].user_attrs["failure_reason"]
+
+    # Resume skips finished cells, the failed one included...
+    assert run_study(spec, settings, progress=False).completed == 0
+    # ... unless asked to retry it; with the bug "fixed" it now completes.
+    monkeypatch.setattr(ProxyAnchorLoss, "forward", real)
+    retry = run_study(spec, settings, progress=False, retry_failed=True)
+    assert (retry.completed, retry.failed) == (1, 0)
+    assert (child_runs(settings, "nan").status == "FINISHED").sum() == 4
+
+
+def test_bad_cell_fails_before_any_trial(stores):
+    settings, _ = stores
+    spec = StudySpec(experiment="bad", kind="grid", grid={"loss.alpha": [32.0, -1.0]})
+    with pytest.raises(ConfigError, match="loss.alpha"):
+        run_study(spec, settings, progress=False)
+    from mlflow import MlflowClient
+
+    assert MlflowClient(settings.tracking_uri).get_experiment_by_name("bad") is None
+
+
+def test_changed_grid_under_same_name_is_refused(stores):
+    settings, _ = stores
+    run_study(StudySpec(experiment="g", grid={"loss.alpha": [32.0]}), settings, progress=False)
+    with pytest.raises(ConfigError, match="another grid"):
+        run_study(StudySpec(experiment="g", grid={"loss.alpha": [16.0]}), settings, progress=False)
