@@ -138,3 +138,28 @@ def test_changed_grid_under_same_name_is_refused(stores):
     run_study(StudySpec(experiment="g", grid={"loss.alpha": [32.0]}), settings, progress=False)
     with pytest.raises(ConfigError, match="another grid"):
         run_study(StudySpec(experiment="g", grid={"loss.alpha": [16.0]}), settings, progress=False)
+
+
+def test_tpe_study_with_pruning_tracks_trials(stores):
+    settings, _ = stores
+    spec = StudySpec(
+        experiment="tpe", kind="study", n_trials=3, sampler="tpe", pruner="median",
+        space={"loss.alpha": {"log_uniform": [4, 64]}, "loss.delta": {"uniform": [0.0, 0.3]},
+               "train.batch_size": {"choice": [16, 24]}},
+    )
+    out = run_study(spec, settings, progress=False)
+    assert out.completed == 3
+    runs = child_runs(settings, "tpe")
+    assert len(runs) == 3
+    alphas = runs["params.loss.alpha"].astype(float)
+    assert ((alphas >= 4) & (alphas <= 64)).all() and alphas.nunique() == 3
+    assert set(runs["params.train.batch_size"]) <= {"16", "24"}
+    # Resume tops up to n_trials, no more.
+    assert run_study(spec, settings, progress=False).completed == 0
+
+
+def test_bad_space_is_refused():
+    with pytest.raises(Exception, match="log_uniform"):
+        StudySpec(experiment="x", kind="study", space={"loss.alpha": {"log_uniform": [0, 4]}})
+    with pytest.raises(Exception, match="needs a 'space:'"):
+        StudySpec(experiment="x", kind="study")

@@ -32,3 +32,31 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)
+
+
+class GlobalPool(nn.Module):
+    """Feature map ``(B, C, H, W)`` -> ``(B, C)``.
+
+    ``gap_gmp`` (default) is global average pooling **plus** global max pooling, summed,
+    as the official Proxy-Anchor code does; ``gap`` / ``gmp`` are either alone.
+    """
+
+    KINDS = ("gap_gmp", "gap", "gmp")
+
+    def __init__(self, kind: str = "gap_gmp"):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown model.pool {kind!r}; allowed: {', '.join(self.KINDS)}")
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return x
+        if self.kind == "gap":
+            return x.mean((2, 3))
+        if self.kind == "gmp":
+            return x.amax((2, 3))
+        return x.mean((2, 3)) + x.amax((2, 3))
+
+    def extra_repr(self) -> str:
+        return self.kind
