@@ -62,7 +62,7 @@ def _print_epoch(epoch: int, m: dict[str, float]) -> None:
 
 
 def cmd_grid(args, kind: str) -> int:
-    from bench.studies import load_spec, run_study
+    from bench.studies import load_spec, run_suite
 
     s = _settings(args)
     spec = load_spec(args.file)
@@ -75,9 +75,11 @@ def cmd_grid(args, kind: str) -> int:
         for k, v in _sets(args.set).items():
             set_dotted(extra, k, v)
         spec.trial = merge(spec.trial, extra)
-    out = run_study(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress)
-    print(json.dumps({"study": out.study_name, "completed_now": out.completed, "failed_now": out.failed,
-                      "already_done": out.skipped, "best": out.best}, indent=2, default=str))
+    outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress)
+    rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
+             "already_done": o.skipped, "best": o.best} for o in outs]
+    print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2, default=str))
+    print(f"experiment {spec.experiment!r}: bench report --experiment {spec.experiment}", file=sys.stderr)
     return 0
 
 

@@ -25,12 +25,28 @@ from bench.train import TrialFailed, run_trial
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class StudySpec(BaseModel):
-    """A file in ``studies/``: an experiment, trial overrides, and a grid or a search space."""
+class Variant(BaseModel):
+    """One arm of a multi-variant study file: its own trial overrides and grid/space."""
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment: str = Field(..., min_length=1, description="MLflow experiment and Optuna study name")
+    trial: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class StudySpec(BaseModel):
+    """A file in ``studies/``: an experiment, trial overrides, and a grid or a search space.
+
+    ``variants`` (optional) runs several grids/studies into one MLflow experiment, e.g. the
+    alpha x delta grid once per loss, so one report compares them; each variant is its own
+    Optuna study (``<experiment>.<variant>``) and parent run.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = Field(..., min_length=1, description="MLflow experiment (and default Optuna study) name")
+    study_name: str | None = Field(None, description="Optuna study / parent run name; default: experiment")
     kind: Literal["grid", "study"] = "grid"
     description: str = ""
     trial: dict[str, Any] = Field(default_factory=dict, description="nested overrides of bench.yaml's trial")
@@ -40,6 +56,25 @@ class StudySpec(BaseModel):
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
+    variants: dict[str, Variant] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.study_name or self.experiment
+
+    def expand(self) -> list["StudySpec"]:
+        """One spec per variant (trial overrides merged, grid/space extended); or [self]."""
+        if not self.variants:
+            return [self]
+        from bench.config import merge
+
+        out = []
+        for vname, v in self.variants.items():
+            d = self.model_dump()
+            d.update(study_name=f"{self.name}.{vname}", variants={}, trial=merge(self.trial, v.trial),
+                     grid={**self.grid, **v.grid}, space={**self.space, **v.space})
+            out.append(StudySpec.model_validate(d))
+        return out
 
     @field_validator("grid")
     @classmethod
@@ -71,6 +106,8 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _kind(self) -> "StudySpec":
+        if self.variants:
+            return self  # each variant is checked when expanded
         if self.kind == "grid" and not self.grid:
             raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
         if self.kind == "study" and not self.space:
@@ -214,10 +251,15 @@ def run_study(
     progress: bool = True,
     data_root: str | None = None,
 ) -> StudyOutcome:
-    """Run (or resume) a grid or a study; every trial is a child run in MLflow."""
+    """Run (or resume) one grid or study; every trial is a child run in MLflow.
+
+    A spec with ``variants`` goes through :func:`run_suite`.
+    """
     from bench.data import create_dataset
     from bench.tracking import Tracker
 
+    if spec.variants:
+        raise ValueError("a study file with variants runs through run_suite()")
     cfgs = _validate_all(settings, spec)
     datasets: dict[str, Any] = {}
     _preflight(cfgs, datasets, data_root or settings.data_root)
@@ -234,14 +276,14 @@ def run_study(
                   "hyperband": optuna.pruners.HyperbandPruner(),
                   "none": optuna.pruners.NopPruner()}[spec.pruner]
     study = optuna.create_study(
-        study_name=spec.experiment, storage=optuna_storage, sampler=sampler, pruner=pruner,
+        study_name=spec.name, storage=optuna_storage, sampler=sampler, pruner=pruner,
         direction="maximize", load_if_exists=True,
     )
     spec_dump = spec.model_dump(mode="json")
     previous = study.user_attrs.get("spec")
     if previous is not None and (previous.get("grid"), previous.get("space")) != (spec_dump["grid"], spec_dump["space"]):
         raise ConfigError(
-            f"study {spec.experiment!r} already exists in {storage_url} with another grid/space; "
+            f"study {spec.name!r} already exists in {storage_url} with another grid/space; "
             "give the study file a new 'experiment:' name or delete the old study"
         )
     study.set_user_attr("spec", spec_dump)
@@ -264,7 +306,7 @@ def run_study(
     remaining = max(total - already, 0)
 
     tracker = Tracker(tracking_uri, spec.experiment, settings.artifact_root)
-    parent = tracker.parent_run(spec.experiment, spec.kind, spec_dump)
+    parent = tracker.parent_run(spec.name, spec.kind, spec_dump)
     counts = {"completed": 0, "failed": 0}
 
     def objective(trial: optuna.Trial) -> float:
@@ -280,7 +322,7 @@ def run_study(
         key = cfg.data.model_dump_json()
         if key not in datasets:
             datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)
-        run = tracker.start_trial(parent, spec.experiment, trial.number, cfg.model_dump(mode="json"), cell)
+        run = tracker.start_trial(parent, spec.name, trial.number, cfg.model_dump(mode="json"), cell)
         trial.set_user_attr("mlflow_run_id", run.run_id)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -312,7 +354,7 @@ def run_study(
     if progress and remaining:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=already, desc=spec.experiment, unit="trial", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=already, desc=spec.name, unit="trial", dynamic_ncols=True)
         _refresh_bar(bar, study)
 
     def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
@@ -329,7 +371,21 @@ def run_study(
         best = _best(study)
         summary = {"best_value": best["value"], "best_test_recall_at_1": best["test_recall_at_1"]} if best else {}
         tracker.end_parent(parent, summary)
-    return StudyOutcome(spec.experiment, counts["completed"], counts["failed"], already, best, parent)
+    return StudyOutcome(spec.name, counts["completed"], counts["failed"], already, best, parent)
+
+
+def run_suite(spec: StudySpec, settings: Settings, **kwargs: Any) -> list[StudyOutcome]:
+    """Every variant of a study file, in order; all of them validated before the first runs."""
+    parts = spec.expand()
+    errors = []
+    for part in parts:
+        try:
+            _preflight(_validate_all(settings, part), {}, kwargs.get("data_root") or settings.data_root)
+        except ConfigError as e:
+            errors.append(f"[{part.name}] {e}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return [run_study(part, settings, **kwargs) for part in parts]
 
 
 def _best(study: optuna.Study) -> dict[str, Any]:

@@ -81,6 +81,16 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
     sel = table[table.selected]
     assert len(sel) == 1 and sel.val_r1.iloc[0] == table.val_r1.max()
     assert res["runs"] == 4
+    # Recall@K table at the selected cell, and the convergence curves, from the store too.
+    rk = pd.read_csv(tmp / "reports" / "recall_at_k.csv")
+    best_run = runs[(runs["params.loss.alpha"].astype(float) == sel.alpha.iloc[0])
+                    & (runs["params.loss.delta"].astype(float) == sel.delta.iloc[0])].iloc[0]
+    for k in (1, 2, 4):
+        assert rk[f"R@{k}"].iloc[0] == pytest.approx(best_run[f"metrics.test_recall_at_{k}"])
+    assert f"**{100 * best_run['metrics.test_recall_at_1']:.1f}**" in (tmp / "reports" / "recall_at_k.md").read_text()
+    assert r"\textbf{" in (tmp / "reports" / "recall_at_k.tex").read_text()
+    conv = pd.read_csv(tmp / "reports" / "convergence.csv")
+    assert sorted(conv.epoch) == [1, 2, 3] and conv.val_r1.max() == pytest.approx(best_run["metrics.val_recall_at_1"])
 
     # Resume: the same command runs nothing new.
     again = run_study(spec, settings, progress=False)

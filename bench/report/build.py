@@ -122,6 +122,109 @@ def plot_heatmaps(table: pd.DataFrame, out: Path, metric: str = "test_r1") -> li
     return paths
 
 
+def selected_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Per loss panel, the runs (all seeds) of the cell with the best mean selection metric.
+
+    A cell is the trial's grid/space point without ``train.seed``, so seeds are averaged.
+    """
+    import json
+
+    df = df.copy()
+    df["panel"] = df.apply(_panel_name, axis=1)
+
+    def cell(row: pd.Series) -> str:
+        c = json.loads(row.get("tags.bench.cell") or "{}")
+        c.pop("train.seed", None)
+        return json.dumps(c, sort_keys=True)
+
+    df["cell"] = df.apply(cell, axis=1)
+    keep = []
+    for _, g in df.groupby("panel"):
+        sel = "test" if (g.get("tags.bench.selection") == "test").all() else "val"
+        means = g.groupby("cell")[f"metrics.{sel}_recall_at_1"].mean()
+        keep.append(g[g["cell"] == means.idxmax()])
+    return pd.concat(keep)
+
+
+def recall_table(sel: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of test Recall@K at each loss's selected cell."""
+    ks = sorted(int(c.rsplit("_", 1)[1]) for c in sel if c.startswith("metrics.test_recall_at_"))
+    rows = []
+    for panel, g in sel.groupby("panel", sort=False):
+        row: dict[str, Any] = {"loss": panel, "cell": g["cell"].iloc[0], "seeds": len(g)}
+        for k in ks:
+            v = g[f"metrics.test_recall_at_{k}"].astype(float)
+            row[f"R@{k}"], row[f"R@{k}_std"] = v.mean(), (v.std() if len(v) > 1 else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean: float, std: float, bold: bool, latex: bool) -> str:
+    s = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std == std else "")
+    if latex:
+        s = s.replace("±", r"$\pm$")
+        return rf"\textbf{{{s}}}" if bold else s
+    return f"**{s}**" if bold else s
+
+
+def write_recall_tables(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Markdown and LaTeX: Recall@K (%) per loss, mean ± std over seeds, best bold."""
+    ks = [c for c in table.columns if c.startswith("R@") and not c.endswith("_std")]
+    best = {k: table[k].max() for k in ks}
+    md = ["| loss | seeds | " + " | ".join(ks) + " |", "|---|---|" + "---|" * len(ks)]
+    tex = [r"\begin{tabular}{l" + "c" * len(ks) + "}", r"\toprule",
+           "Loss & " + " & ".join(ks) + r" \\", r"\midrule"]
+    for _, r in table.iterrows():
+        md.append(f"| {r['loss']} | {r['seeds']} | "
+                  + " | ".join(_fmt(r[k], r[f"{k}_std"], r[k] == best[k], False) for k in ks) + " |")
+        tex.append(r["loss"].replace("_", r"\_") + " & "
+                   + " & ".join(_fmt(r[k], r[f"{k}_std"], r[k] == best[k], True) for k in ks) + r" \\")
+    tex += [r"\bottomrule", r"\end{tabular}"]
+    paths = [out / "recall_at_k.md", out / "recall_at_k.tex", out / "recall_at_k.csv"]
+    paths[0].write_text("\n".join(md) + "\n")
+    paths[1].write_text("\n".join(tex) + "\n")
+    table.to_csv(paths[2], index=False, float_format="%.6f")
+    return paths
+
+
+def plot_convergence(tracking_uri: str, sel: pd.DataFrame, out: Path) -> list[Path]:
+    """Validation R@1 per epoch at each loss's selected cell (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    from bench.tracking import CURVE
+
+    client = MlflowClient(tracking_uri)
+    rows = []
+    for r in sel.itertuples():
+        for m in client.get_metric_history(r.run_id, f"{CURVE}val_recall_at_1"):
+            rows.append({"loss": r.panel, "run_id": r.run_id, "epoch": m.step, "val_r1": m.value})
+    if not rows:
+        return []
+    curves = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for loss, g in curves.groupby("loss", sort=False):
+        m = g.groupby("epoch")["val_r1"].agg(["mean", "std"]).reset_index()
+        ax.plot(m["epoch"], m["mean"], marker="o", ms=3, label=loss)
+        if g["run_id"].nunique() > 1:
+            ax.fill_between(m["epoch"], m["mean"] - m["std"], m["mean"] + m["std"], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation R@1")
+    ax.set_title("Convergence at each loss's selected cell")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths = [out / "convergence.png", out / "convergence.pdf", out / "convergence.csv"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    curves.to_csv(paths[2], index=False, float_format="%.6f")
+    return paths
+
+
 def build_report(tracking_uri: str, experiment: str, out: str | Path = "reports") -> dict[str, Any]:
     """Write every figure the experiment's runs support into ``out``; return what was written."""
     out = Path(out)
@@ -130,19 +233,27 @@ def build_report(tracking_uri: str, experiment: str, out: str | Path = "reports"
     if df.empty:
         raise LookupError(f"experiment {experiment!r} has no finished trial runs yet; run a grid first")
     written: list[Path] = []
-    table = heatmap_table(df)
-    csv = out / "heatmap_alpha_delta.csv"
-    table.to_csv(csv, index=False, float_format="%.6f")
-    written += plot_heatmaps(table, out) + [csv]
-    index = out / "index.md"
     lines = [f"# proxybench report: {experiment}", "", f"Tracking store: `{tracking_uri}`, "
-             f"{len(df)} finished trial runs.", ""]
+             f"{len(df)} finished trial runs. Test metrics at the epoch and cell selected on "
+             "validation classes (unless the runs say `select_on: test`).", ""]
+    selected: list[dict[str, Any]] = []
+    try:
+        table = heatmap_table(df)
+    except LookupError:
+        table = None
+    if table is not None:
+        csv = out / "heatmap_alpha_delta.csv"
+        table.to_csv(csv, index=False, float_format="%.6f")
+        written += plot_heatmaps(table, out) + [csv]
+        best = table[table["selected"]]
+        selected = best[["loss", "alpha", "delta", "test_r1", "val_r1"]].to_dict("records")
+    sel = selected_runs(df)
+    rt = recall_table(sel)
+    written += write_recall_tables(rt, out)
+    written += plot_convergence(tracking_uri, sel, out)
     lines += [f"- [{p.name}]({p.name})" for p in written]
-    best = table[table["selected"]]
-    lines += ["", "| loss | alpha | delta | test R@1 | val R@1 | runs |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.loss} | {r.alpha:g} | {r.delta:g} | {r.test_r1:.4f} | {r.val_r1:.4f} | {r.n} |"
-              for r in best.itertuples()]
+    lines += ["", "## Recall@K (%) at the selected cell", "", (out / "recall_at_k.md").read_text()]
+    index = out / "index.md"
     index.write_text("\n".join(lines) + "\n")
     written.append(index)
-    return {"files": [str(p) for p in written], "runs": len(df),
-            "selected": best[["loss", "alpha", "delta", "test_r1", "val_r1"]].to_dict("records")}
+    return {"files": [str(p) for p in written], "runs": len(df), "selected": selected}
