@@ -113,7 +113,7 @@ def cmd_ui(args) -> int:
     from bench.tracking import prepare_tracking_uri
 
     cmd = ["mlflow", "ui", "--backend-store-uri", prepare_tracking_uri(s.tracking_uri),
-           "--host", args.host, "--port", str(args.port)]
+           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     if "://" not in s.artifact_root:
         cmd += ["--default-artifact-root", Path(s.artifact_root).resolve().as_uri()]
     print("running: " + " ".join(cmd), file=sys.stderr)
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: a local UI)")
     stores(u, storage=False)
     u.set_defaults(fn=cmd_ui)
 

@@ -50,6 +50,16 @@ class DataConfig(_Strict):
     noise_rate: float = Field(0.0, ge=0, lt=1, description="training-label noise rate")
     noise_kind: Literal["symmetric", "pairflip", "within_parent"] = "symmetric"
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    image_size: int | None = Field(
+        None, ge=1, description="crop size of the image path; null = 224 for image files, the native size of in-memory images (digits: 8)"
+    )
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = Field(
+        (0.08, 1.0), description="area range [low, high] of the training random resized crop (low <= high)"
+    )
+    hflip: bool = Field(True, description="random horizontal flip in training")
+    decode_short_side: int | None = Field(
+        None, ge=0, description="downsize image files on decode to this shorter side; null = the eval resize (256 at 224), 0 = full resolution"
+    )
 
     @field_validator("name")
     @classmethod
@@ -64,6 +74,29 @@ class ModelConfig(_Strict):
     embedding_dim: int = Field(128, ge=1)
     head: Literal["mlp", "linear"] = "mlp"
     hidden_dim: int = Field(512, ge=1, description="width of the MLP head's hidden layer")
+    pool: Literal["gap_gmp", "gap", "gmp"] = Field("gap_gmp", description="pooling of the backbone's feature map (GAP+GMP summed, as the official code)")
+    backbone_impl: Literal["auto", "torchvision", "builtin"] = Field(
+        "auto", description="ResNets: torchvision's module when it imports (auto), or the built-in definition with the same keys"
+    )
+    weights: str | None = Field(None, description="local backbone checkpoint (a state_dict; loaded with weights_only=True)")
+    pretrained: bool = Field(
+        False, description="require pretrained weights: model.weights, else a torchvision file in the local torch hub cache; never downloads"
+    )
+    freeze_backbone: bool = Field(
+        False, description="frozen backbone: features computed once (cached) and only the head trains (Smooth Proxy-Anchor's setting)"
+    )
+    feature_cache: str | None = Field(
+        ".cache/features", description="folder for cached frozen-backbone features; null = in-process memory only"
+    )
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from bench.models.backbones import BACKBONES
+
+        if v != "none" and v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; allowed: none, {', '.join(sorted(BACKBONES))}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -77,6 +110,23 @@ class TrainConfig(_Strict):
     m_per_class: int = Field(4, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    grad_clip_mode: Literal["norm", "value"] = Field(
+        "norm", description="'norm': clip the model's total grad norm; 'value': clip every grad of model and loss at +-grad_clip (the official code)"
+    )
+    backbone_lr_mult: float = Field(1.0, gt=0, description="backbone learning rate = lr * this (image path)")
+    warmup_epochs: int = Field(0, ge=0, description="first N epochs train head and proxies only, backbone frozen (official: 1)")
+    freeze_bn: bool = Field(False, description="backbone BatchNorm in eval mode with frozen affine parameters (official CUB/Cars: true)")
+    lr_step: int | None = Field(None, ge=1, description="StepLR step size in epochs; null = constant learning rate")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="StepLR decay factor")
+    amp: Literal["auto", "bf16", "fp16", "none"] = Field(
+        "auto", description="mixed precision: auto = bf16 for image backbones on CUDA, none otherwise; fp16 needs CUDA"
+    )
+    channels_last: bool = Field(True, description="channels_last memory format for image backbones on CUDA")
+    compile: bool = Field(False, description="torch.compile the model's training forward (evaluation runs eager)")
+    num_workers: int | None = Field(
+        None, ge=0, description="image loader worker processes; null = 0 for in-memory images, else min(8, cores - 1)"
+    )
+    cache_images: bool = Field(False, description="decode every image file once into memory (uint8) before training")
 
 
 class EvalConfig(_Strict):

@@ -187,6 +187,8 @@ class TrialRun:
         now = int(time.time() * 1000)
         tags = [RunTag("bench.device", str(info.get("device", ""))),
                 RunTag("bench.dataset_fingerprint", str(info.get("dataset_fingerprint", "")))]
+        tags += [RunTag(f"bench.{k}", v) for k, v in info.items()
+                 if isinstance(v, str) and k not in ("device", "dataset_fingerprint")]
         metrics = [Metric(k, float(v), now, 0) for k, v in info.items()
                    if k not in ("device", "dataset_fingerprint") and isinstance(v, (int, float))]
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)

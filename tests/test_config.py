@@ -6,7 +6,7 @@ from bench.config import ConfigError, load_settings, merge, resolve_trial, set_d
 @pytest.mark.parametrize(
     "raw, field, hint",
     [
-        ({"train": {"bach_size": 3}}, "train.bach_size", "allowed keys here: batch_size"),
+        ({"train": {"bach_size": 3}}, "train.bach_size", "batch_size"),
         ({"train": {"epochs": "abc"}}, "train.epochs", "valid integer"),
         ({"train": {"batch_size": 0}}, "train.batch_size", "greater than or equal to 2"),
         ({"train": {"batch_size": -5}}, "train.batch_size", "greater than or equal to 2"),

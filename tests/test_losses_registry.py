@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from bench.losses import (
     LOSSES,
+    ConfidenceConfig,
     HierarchicalProxyLoss,
     PairLoss,
     ProxyAnchorLoss,
@@ -106,7 +107,8 @@ def noisy_problem(C=8, per_class=80, F_dim=16, noise=0.4, seed=0):
 def test_confidence_module_denoises_deterministically():
     x, noisy, clean = noisy_problem()
     data = TrainingData(inputs=x, labels=noisy, clean_labels=clean, class_parents=None, device=torch.device("cpu"), seed=0)
-    loss = SmoothProxyAnchorLoss(8, 4)
+    phase1 = ConfidenceConfig(batch_size=64, epochs=15)
+    loss = SmoothProxyAnchorLoss(8, 4, confidence=phase1)
     metrics = loss.begin_training(data)
     assert metrics["label_acc_clean"] == pytest.approx(0.6, abs=0.05)
     assert metrics["phase1_acc_clean"] > metrics["label_acc_clean"] + 0.25  # it denoises
@@ -120,7 +122,7 @@ def test_confidence_module_denoises_deterministically():
     assert conf.shape == (10, 8) and not conf.requires_grad and (conf >= 0).all() and (conf <= 1).all()
     loss(torch.randn(10, 4), noisy[:10], **kw).backward()
 
-    again = SmoothProxyAnchorLoss(8, 4).begin_training(data)
+    again = SmoothProxyAnchorLoss(8, 4, confidence=phase1).begin_training(data)
     drop = {"phase1_seconds"}  # everything else is bit-identical
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in metrics.items() if k not in drop}
 
@@ -131,3 +133,46 @@ def test_confidence_switch_and_image_inputs():
     assert off.begin_training(data) == {} and off.batch_kwargs(torch.randn(2, 3), None) == {}
     with pytest.raises(ValueError, match="feature inputs"):
         SmoothProxyAnchorLoss(8, 4).begin_training(data)
+
+
+# ---------------------------------------------------------------------------- the trainer's view
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"name": "proxy_anchor"},
+        {"name": "proxy_nca", "scale": 16},
+        {"name": "smooth_proxy_anchor", "confidence": {"epochs": 15}},
+        {"name": "hierarchical", "base": {"name": "smooth_proxy_anchor", "confidence": {"epochs": 15}}, "hierarchy": "given"},
+        {"name": "hierarchical", "levels": [4], "recluster_every": 2},
+    ],
+)
+def test_hooks_and_training_reduce_the_loss(cfg):
+    """What the trainer does: hooks if present, requires_grad params at lr x 100, a few epochs."""
+    x, noisy, clean = noisy_problem(noise=0.2, seed=1)
+    parents = np.arange(8) // 2
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 8)
+    loss = build_loss(cfg, 8, 8, class_parents=parents)
+    data = TrainingData(x, noisy, clean, parents, torch.device("cpu"), seed=0)
+    metrics = loss.begin_training(data) if hasattr(loss, "begin_training") else {}
+    assert all(isinstance(v, float) for v in metrics.values())
+    proxies = [p for p in loss.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": head.parameters()}, {"params": proxies, "lr": 1e-1}], lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    first = last = None
+    for epoch in range(1, 5):
+        if hasattr(loss, "begin_epoch"):
+            loss.begin_epoch(epoch)
+        total = 0.0
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            kw = loss.batch_kwargs(x[idx], idx) if hasattr(loss, "batch_kwargs") else {}
+            value = loss(head(x[idx]), noisy[idx], **kw)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            total += value.item()
+        first = total if first is None else first
+        last = total
+    assert last < 0.8 * first

@@ -22,7 +22,9 @@ class SmoothProxyAnchorLoss(ProxyLoss):
 
     * confidences ``c(x, p) in [0, 1]`` (B, C) come from a confidence module trained in
       phase 1 (:mod:`bench.losses.confidence`); ``None`` means one-hot of the labels;
-    * relabelling: ``x`` is a positive of ``p`` iff ``c(x, p) >= threshold``, else a negative;
+    * relabelling: ``x`` is a positive of ``p`` iff ``c(x, p) >= threshold``, else a negative
+      (given confidences, the observed labels play no further part: a sample whose own
+      label gets ``c < threshold`` has it as a negative, and may have 0 or several positives);
       ``P+`` = proxies with at least one positive in the batch, ``|P|`` = all proxies;
     * smoothing ``S(c) = sigmoid(sharpness * (c - position))``; positive terms weighted by
       ``S(c)``, negative terms by ``1 - S(c)``, inside Proxy-Anchor's sums::
@@ -30,10 +32,12 @@ class SmoothProxyAnchorLoss(ProxyLoss):
         l = 1/|P+| sum_p log(1 + sum_{x in X_p+} S(c) exp(-alpha (s - delta)))
           + 1/|P|  sum_p log(1 + sum_{x in X_p-} (1 - S(c)) exp(alpha (s + delta)))
 
-    Weights enter the log-sum-exp as ``log S(c) = logsigmoid(t)`` and ``log(1 - S(c)) =
-    logsigmoid(-t)``, ``t = sharpness (c - position)``, so a sharp S never underflows to a
-    0 weight. Confidences are constants (no gradient). With one-hot confidences and a very
-    sharp S this is Proxy-Anchor.
+    Positive weights enter the log-sum-exp as ``log S(c) = logsigmoid(t)``,
+    ``t = sharpness (c - position)``, so a sharp S never underflows to a 0 weight. Negative
+    weights ``1 - S(c) >= 1 - S(threshold)`` multiply the shifted exponentials when that
+    bound is far from underflow (the default settings: >= 1/2), else enter as
+    ``logsigmoid(-t)`` too (see ``anchor_objective``). Confidences are constants (no
+    gradient). With one-hot confidences and a very sharp S this is Proxy-Anchor.
 
     Phase 1 runs in the trainer's ``begin_training`` hook; ``batch_kwargs`` then feeds each
     batch's confidences from the frozen module (its parameters have ``requires_grad=False``,
@@ -61,25 +65,32 @@ class SmoothProxyAnchorLoss(ProxyLoss):
 
     # -- the loss
 
-    def log_weights(self, confidences: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
-        """``((rows, cols) of the positives, log S(c) there, log(1 - S(c)) everywhere)``.
-
-        Positives (``c >= threshold``) are few per sample, so they are listed, not masked;
-        the negative weights are dense (the positives' entries are excluded downstream).
-        """
-        minus_t = torch.add(self.sharpness * self.position, confidences, alpha=-self.sharpness)  # -t
-        rows, cols = torch.nonzero(confidences >= self.threshold, as_tuple=True)
-        return (rows, cols), F.logsigmoid(-minus_t[rows, cols]), F.logsigmoid(minus_t)
+    def positives(self, confidences: Tensor) -> tuple[Tensor, Tensor]:
+        """``(rows, cols)`` of the pairs with ``c >= threshold``. They are few per sample, so
+        they are listed (only the columns whose max reaches the threshold are scanned)."""
+        candidates = torch.nonzero(confidences.amax(0) >= self.threshold).squeeze(1)
+        rows, k = torch.nonzero(confidences[:, candidates] >= self.threshold, as_tuple=True)
+        return rows, candidates[k]
 
     def objective(self, sim: Tensor, labels: Tensor, confidences: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        k, position = self.sharpness, self.position
         if confidences is None:  # one-hot: the weights are two constants, Proxy-Anchor's path
-            t = self.sharpness * torch.tensor([1.0 - self.position, self.position], dtype=torch.float64)
-            pos_w, neg_w = F.logsigmoid(t).tolist()  # log S(1), log(1 - S(0))
+            pos_w, neg_w = F.logsigmoid(k * torch.tensor([1.0 - position, position], dtype=torch.float64)).tolist()
             return proxy_anchor_objective(sim, labels, self.alpha, self.delta, pos_log_weight=pos_w, neg_log_weight=neg_w)
         if confidences.shape != sim.shape:
             raise ValueError(f"confidences must be (batch, num_classes) = {tuple(sim.shape)}, got {tuple(confidences.shape)}")
-        (rows, cols), pos_w, neg_w = self.log_weights(confidences.detach().to(sim.dtype))
-        return anchor_objective(sim, rows, cols, self.alpha, self.delta, pos_log_weight=pos_w, neg_log_weight=neg_w)
+        c = confidences.detach().to(sim.dtype)
+        rows, cols = self.positives(c)
+        pos_log_w = F.logsigmoid(k * (c[rows, cols] - position))  # log S(c), K entries
+        minus_t = torch.add(k * position, c, alpha=-k)  # 1 - S(c) = sigmoid(-t)
+        if self.min_negative_log_weight >= -60:  # fast path: weights multiply the exponentials
+            return anchor_objective(sim, rows, cols, self.alpha, self.delta, pos_log_w, neg_weight=torch.sigmoid_(minus_t))
+        return anchor_objective(sim, rows, cols, self.alpha, self.delta, pos_log_w, neg_log_weight=F.logsigmoid(minus_t))
+
+    @property
+    def min_negative_log_weight(self) -> float:
+        """Lower bound of ``log(1 - S(c))`` over negatives (``c < threshold``)."""
+        return float(F.logsigmoid(torch.tensor(self.sharpness * (self.position - self.threshold), dtype=torch.float64)))
 
     def forward(self, embeddings: Tensor, labels: Tensor, confidences: Tensor | None = None) -> Tensor:
         return super().forward(embeddings, labels, confidences=confidences)

@@ -21,6 +21,7 @@ from pytorch_metric_learning import losses as pml
 from bench.losses import HierarchicalProxyLoss, ProxyAnchorLoss, ProxyNCALoss, SmoothProxyAnchorLoss
 
 Step = Callable[[], None]
+TARGET_CLASSES = 10_000  # issue #3 sets its ratio targets at C = 11,318 (SOP)
 
 
 def _sync(device: torch.device) -> None:
@@ -106,11 +107,14 @@ def measure(steps: dict[str, Step], repeats: int, warmup: int, device: torch.dev
 
 
 def run(batch: int, dim: int, classes: int, device: torch.device, repeats: int, warmup: int) -> str:
-    gemm = measure(_gemm_steps(batch, dim, classes, device, torch.float32), repeats, warmup, device)
+    gemms = _gemm_steps(batch, dim, classes, device, torch.float32)
+    cases = build_cases(batch, dim, classes, device)
+    steps = {n: s for n, (_, s) in cases.items()}
+    # The floor runs in the same round-robin as the losses: contention hits it alike.
+    times = measure({**{f"gemm {k}": v for k, v in gemms.items()}, **steps}, repeats, warmup, device)
+    gemm = {k: times.pop(f"gemm {k}") for k in gemms}
     floor = sum(statistics.median(t) for t in gemm.values())
     gflops = 3 * 2 * batch * dim * classes / floor / 1e6
-    cases = build_cases(batch, dim, classes, device)
-    times = measure({n: s for n, (_, s) in cases.items()}, repeats, warmup, device)
     med = {n: statistics.median(t) for n, t in times.items()}
     pml_pa = med["proxy_anchor (pml)"]
     lines = [
@@ -137,9 +141,10 @@ def run(batch: int, dim: int, classes: int, device: torch.device, repeats: int, 
         ("hierarchical <= 1.25 x its base", hier / pa, 1.25),
         ("our Proxy-NCA (incl. positive) vs pml's", med["proxy_nca include_positive"] / med["proxy_nca (pml, softmax_scale=16)"], None),
     ]
+    judged = classes >= TARGET_CLASSES  # below that the run is per-op-overhead bound, not GEMM bound
     lines += ["", "| target | ratio | met |", "|---|---:|---|"]
     for label, ratio, bound in targets:
-        met = "-" if bound is None else ("yes" if ratio <= bound else "NO")
+        met = "-" if bound is None else ("yes" if ratio <= bound else "NO") if judged else "(set at C=11,318)"
         lines.append(f"| {label} | {ratio:.2f} | {met} |")
     return "\n".join(lines)
 

@@ -1,0 +1,161 @@
+"""Backbones (registry, hand-written ResNet with torchvision's keys), weights, pooling, head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.models import EmbeddingNet, create_backbone, freeze_batchnorm, list_backbones
+from bench.models.backbones import BACKBONES, clean_state_dict, load_weights, register_backbone
+from bench.models.heads import EmbeddingHead, GlobalPool
+
+# torchvision's parameter counts (torchvision.models.resnetXX().parameters()) minus fc.
+TV_PARAMS_NO_FC = {"resnet18": 11_689_512 - (512 * 1000 + 1000), "resnet50": 25_557_032 - (2048 * 1000 + 1000)}
+
+
+def test_registry_lists_and_rejects():
+    assert {"small_cnn", "resnet18", "resnet50"} <= set(list_backbones())
+    with pytest.raises(ValueError, match="unknown model.backbone 'vgg'.*resnet18"):
+        create_backbone("vgg")
+
+
+def test_register_backbone_plugs_in():
+    @register_backbone("tiny_test_net", out_features=4)
+    def _tiny(impl: str = "auto"):
+        return torch.nn.Conv2d(3, 4, 1)
+
+    try:
+        m = create_backbone("tiny_test_net")
+        assert m.out_features == 4 and m(torch.zeros(1, 3, 5, 5)).shape == (1, 4, 5, 5)
+    finally:
+        BACKBONES.pop("tiny_test_net")
+
+
+def test_small_cnn_digits_and_rgb():
+    m = create_backbone("small_cnn")
+    assert m(torch.zeros(2, 3, 8, 8)).shape == (2, 128, 4, 4)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 128, 16, 16)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_builtin_resnet_matches_torchvision_names_and_shapes(arch):
+    m = create_backbone(arch, impl="builtin")
+    assert m.impl == "builtin"
+    sd = m.state_dict()
+    assert sum(p.numel() for p in m.parameters()) == TV_PARAMS_NO_FC[arch]
+    assert not any(k.startswith(("fc.", "avgpool")) for k in sd)
+    common = ["conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
+              "layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_var",
+              "layer4.1.bn2.bias"]
+    for k in common:
+        assert k in sd, k
+    assert sd["conv1.weight"].shape == (64, 3, 7, 7)
+    if arch == "resnet18":
+        assert sd["layer1.0.conv1.weight"].shape == (64, 64, 3, 3)
+        assert sd["layer4.0.downsample.0.weight"].shape == (512, 256, 1, 1)
+        assert "layer1.0.conv3.weight" not in sd
+    else:
+        assert sd["layer1.0.conv3.weight"].shape == (256, 64, 1, 1)
+        assert sd["layer1.0.downsample.0.weight"].shape == (256, 64, 1, 1)
+        assert sd["layer2.0.conv2.weight"].shape == (128, 128, 3, 3)  # v1.5: stride on the 3x3
+        assert sd["layer4.2.bn3.weight"].shape == (2048,)
+    out = m(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, m.out_features, 2, 2)
+
+
+def _ckpt(tmp_path, sd, name="ck.pth"):
+    p = tmp_path / name
+    torch.save(sd, p)
+    return p
+
+
+def test_weights_round_trip_with_prefixes_and_classifier(tmp_path):
+    torch.manual_seed(1)
+    src = create_backbone("resnet18", impl="builtin").eval()
+    # A DataParallel-style checkpoint nested under "state_dict", with a classifier.
+    sd = {f"module.{k}": v for k, v in src.state_dict().items()}
+    sd["module.fc.weight"], sd["module.fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    path = _ckpt(tmp_path, {"state_dict": sd, "epoch": 3})
+    torch.manual_seed(2)
+    dst = create_backbone("resnet18", impl="builtin", weights=str(path)).eval()
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(src(x), dst(x))
+    assert dst.weights_info["source"] == str(path) and len(dst.weights_info["sha256"]) == 64
+    assert dst.weights_info["dropped"] == ["fc.weight", "fc.bias"]
+
+
+def test_weights_report_missing_and_unexpected(tmp_path):
+    sd = create_backbone("resnet18", impl="builtin").state_dict()
+    partial = {k: v for k, v in sd.items() if not k.startswith("layer4")}
+    with pytest.raises(ValueError, match=r"missing key\(s\): layer4"):
+        create_backbone("resnet18", impl="builtin", weights=str(_ckpt(tmp_path, partial)))
+    extra = dict(sd, **{"projector.weight": torch.zeros(3)})
+    with pytest.warns(UserWarning, match="unexpected key.*projector.weight"):
+        create_backbone("resnet18", impl="builtin", weights=str(_ckpt(tmp_path, extra, "x.pth")))
+    wrong = dict(sd, **{"conv1.weight": torch.zeros(64, 1, 7, 7)})
+    with pytest.raises(ValueError, match="shape mismatch.*conv1.weight"):
+        create_backbone("resnet18", impl="builtin", weights=str(_ckpt(tmp_path, wrong, "w.pth")))
+
+
+class Evil:
+    """Any non-tensor class: unpickling it would run code a weights-only load refuses."""
+
+
+def test_weights_only_refuses_pickled_code(tmp_path):
+    p = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "obj": Evil()}, p)
+    with pytest.raises(ValueError, match="weights-only"):
+        create_backbone("resnet18", impl="builtin", weights=str(p))
+
+
+def test_pretrained_without_local_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as e:
+        create_backbone("resnet50", pretrained=True)
+    msg = str(e.value)
+    assert "model.weights" in msg and "no download is attempted" in msg and "resnet50-0676ba61.pth" in msg
+    with pytest.raises(FileNotFoundError, match="model.weights='nope.pth': no such file"):
+        create_backbone("resnet50", weights="nope.pth")
+
+
+def test_pretrained_finds_torch_hub_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    sd = create_backbone("resnet18", impl="builtin").state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(sd, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    m = create_backbone("resnet18", impl="builtin", pretrained=True)
+    assert m.weights_info["source"].endswith("resnet18-f37072fd.pth")
+
+
+def test_clean_state_dict_strips_stacked_prefixes():
+    out, dropped = clean_state_dict({"module.backbone.conv1.weight": torch.zeros(1), "module.fc.bias": torch.zeros(1)})
+    assert list(out) == ["conv1.weight"] and dropped == ["fc.bias"]
+
+
+def test_gap_gmp_pool_and_linear_head():
+    x = torch.randn(3, 5, 4, 4)
+    torch.testing.assert_close(GlobalPool("gap_gmp")(x), x.mean((2, 3)) + x.amax((2, 3)))
+    torch.testing.assert_close(GlobalPool("gap")(x), x.mean((2, 3)))
+    head = EmbeddingHead(5, 7, "linear")
+    assert torch.count_nonzero(head.net.bias) == 0
+    net = EmbeddingNet(create_backbone("small_cnn"), EmbeddingHead(128, 16, "linear"))
+    emb = net(torch.randn(4, 3, 8, 8))
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+
+
+def test_freeze_batchnorm_keeps_statistics_and_affine_fixed():
+    torch.manual_seed(0)
+    net = EmbeddingNet(create_backbone("small_cnn"), EmbeddingHead(128, 16, "linear"))
+    net.train()
+    assert freeze_batchnorm(net.backbone) == 3
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    net(torch.randn(8, 3, 8, 8) * 3 + 1).sum().backward()
+    opt.step()
+    after = net.state_dict()
+    for k in before:
+        if ".1." in k or k.startswith("backbone.features.4.") or k.startswith("backbone.features.8."):
+            assert torch.equal(before[k], after[k]), k  # BN: running stats and affine
+    assert not torch.equal(before["backbone.features.0.weight"], after["backbone.features.0.weight"])
