@@ -69,15 +69,36 @@ def _str_params(flat: dict[str, Any]) -> dict[str, str]:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()}
 
 
+def runs_frame(client, experiment_ids: list[str], filter_string: str = "") -> "pd.DataFrame":
+    """Runs as a DataFrame shaped like ``mlflow.search_runs`` (``run_id``, ``status``,
+    ``params.*``, ``metrics.*``, ``tags.*``), through an explicit client, all pages."""
+    import pandas as pd
+
+    rows, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        for r in page:
+            row = {"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time}
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows)
+
+
 class Tracker:
     """An experiment in an MLflow store; hands out parent and trial runs."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
-        import mlflow
         from mlflow import MlflowClient
 
+        # Never mlflow.set_tracking_uri(): in MLflow 3 it exports MLFLOW_TRACKING_URI to the
+        # whole process, so a later settings load (another trial, a notebook cell) would
+        # silently log into this store.
         self.uri = prepare_tracking_uri(tracking_uri)
-        mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.experiment_name = experiment
         self.experiment_id = self._experiment(experiment, artifact_root)

@@ -11,6 +11,17 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_uri(monkeypatch):
+    """mlflow.set_tracking_uri (used by tests as an independent reader) exports
+    MLFLOW_TRACKING_URI process-wide; keep it from leaking into the next test."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture
 def tiny_trial() -> dict:
     import copy

@@ -78,3 +78,14 @@ def test_console_entry_points():
     assert r.returncode == 0
     for cmd in ("run", "grid", "study", "report", "demo", "ui", "datasets", "doctor"):
         assert cmd in r.stdout
+
+
+def test_tracking_does_not_leak_the_uri_into_the_process(workdir):
+    """A run must not export MLFLOW_TRACKING_URI: the next settings load would log there."""
+    import os
+
+    assert main(["run", "--set", "train.epochs=1"]) == 0
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    from bench.config import load_settings
+
+    assert load_settings().tracking_uri == f"sqlite:///{workdir}/mlruns/mlflow.db"

@@ -35,8 +35,9 @@ def test_bench_ui_serves_the_store(tmp_path, tiny_trial):
         os.environ.pop("BENCH_CONFIG") if old is None else os.environ.__setitem__("BENCH_CONFIG", old)
 
     port = free_port()
+    log = open(tmp_path / "ui.log", "wb")  # a file, not a pipe nobody drains
     proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
         deadline, body = time.time() + 120, None
@@ -47,10 +48,11 @@ def test_bench_ui_serves_the_store(tmp_path, tiny_trial):
                 break
             except OSError:
                 time.sleep(0.5)
-        assert body is not None, proc.stdout.read().decode()[-2000:] if proc.poll() is not None else "UI did not start"
+        assert body is not None, (tmp_path / "ui.log").read_text()[-3000:]
         assert body["experiment"]["name"] == "ui-check"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
             assert r.status == 200 and b"<html" in r.read(2000).lower()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        log.close()

@@ -20,21 +20,16 @@ DELTA_KEYS = ("loss.delta", "loss.base.delta")
 
 def load_trials(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """Finished trial runs of ``experiment``: one row, columns ``params.*``, ``metrics.*``."""
-    import mlflow
     from mlflow import MlflowClient
+
+    from bench.tracking import runs_frame
 
     client = MlflowClient(prepare_tracking_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise LookupError(f"no experiment {experiment!r} in {tracking_uri}; experiments there: {', '.join(names) or 'none'}")
-    mlflow.set_tracking_uri(tracking_uri)
-    df = mlflow.search_runs(
-        experiment_ids=[exp.experiment_id],
-        filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
-        output_format="pandas",
-    )
-    return df
+    return runs_frame(client, [exp.experiment_id], f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'")
 
 
 def _num(s: pd.Series) -> pd.Series:
