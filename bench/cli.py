@@ -133,7 +133,12 @@ def cmd_datasets(args) -> int:
 
     if not args.name:
         raise ConfigError(f"datasets check needs a NAME; one of: {', '.join(sorted(DATASETS))}")
-    print(json.dumps(check_dataset(args.name, args.root), indent=2, default=str))
+    result = check_dataset(args.name, args.root)
+    print(json.dumps(result, indent=2, default=str))
+    if not result.get("ok", True):
+        print(f"error: {result.get('n_corrupt', 0)} corrupt and {result.get('n_missing', 0)} missing images "
+              "(listed above); training skips them with a warning", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -234,8 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, LookupError, FileNotFoundError) as e:
+    except (ConfigError, LookupError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
+        if not isinstance(e, ConfigError):
+            print("(set BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench.data import DATASETS, NOISE_KINDS
+from bench.data import DATASETS
 from bench.losses import LOSSES
 
 

@@ -15,9 +15,12 @@ import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROLE, STUDY = "bench.role", "bench.study"
 PARENT_TAG = "mlflow.parentRunId"
@@ -69,7 +72,7 @@ def _str_params(flat: dict[str, Any]) -> dict[str, str]:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()}
 
 
-def runs_frame(client, experiment_ids: list[str], filter_string: str = "") -> "pd.DataFrame":
+def runs_frame(client, experiment_ids: list[str], filter_string: str = "") -> pd.DataFrame:
     """Runs as a DataFrame shaped like ``mlflow.search_runs`` (``run_id``, ``status``,
     ``params.*``, ``metrics.*``, ``tags.*``), through an explicit client, all pages."""
     import pandas as pd
@@ -153,7 +156,7 @@ class Tracker:
     def start_trial(
         self, parent_id: str | None, study: str, number: int, config: dict[str, Any], cell: dict[str, Any]
     ) -> "TrialRun":
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         name = f"trial-{number:03d}"
         tags = {ROLE: "trial", STUDY: study, "bench.trial_number": str(number), "mlflow.runName": name,

@@ -89,3 +89,16 @@ def test_tracking_does_not_leak_the_uri_into_the_process(workdir):
     from bench.config import load_settings
 
     assert load_settings().tracking_uri == f"sqlite:///{workdir}/mlruns/mlflow.db"
+
+
+def test_datasets_check_cli(tmp_path, capsys):
+    from bench.data.fixtures import write_cub
+
+    write_cub(tmp_path / "cub", corrupt=[3])
+    assert main(["datasets", "check", "cub", "--root", str(tmp_path / "cub")]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["splits"]["train"] == {"images": 6, "classes": 2} and out["n_corrupt"] == 1
+    assert out["corrupt"][0]["path"].endswith(".jpg")
+    assert main(["datasets", "check", "cub", "--root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "image_class_labels.txt" in err

@@ -1,8 +1,6 @@
 """End to end: a 2 x 2 grid into a temporary MLflow + Optuna store, then the report."""
 
-import json
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -99,7 +97,6 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
 
 
 def test_nan_trial_fails_alone_and_resume_skips_it(stores, monkeypatch):
-    import torch
 
     from bench.losses import ProxyAnchorLoss
 

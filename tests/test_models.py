@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.models import EmbeddingNet, create_backbone, freeze_batchnorm, list_backbones
-from bench.models.backbones import BACKBONES, clean_state_dict, load_weights, register_backbone
+from bench.models.backbones import BACKBONES, clean_state_dict, register_backbone
 from bench.models.heads import EmbeddingHead, GlobalPool
 
 # torchvision's parameter counts (torchvision.models.resnetXX().parameters()) minus fc.

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
-from bench.data.layout import find_base, keep_existing, layout_error, record_counts
+from bench.data.base import RetrievalDataset
+from bench.data.layout import find_base, first_half_image_dataset, layout_error
 
 NAME = "cars"
 TOP_FOLDERS = ("stanford_cars", "cars196", "Cars196")
@@ -61,12 +61,4 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
     base = find_base(NAME, root, ["cars_annos.mat", "car_ims"], LAYOUT, TOP_FOLDERS)
     rel, cls, n_classes = read_annotations(base / "cars_annos.mat")
     paths = [str(base / r) for r in rel]
-    keep, missing = keep_existing(NAME, paths, base, LAYOUT)
-    paths = [p for p, k in zip(paths, keep) if k]
-    cls = cls[keep]
-    is_train = cls <= n_classes // 2
-    train = Split(x=[p for p, t in zip(paths, is_train) if t], y=relabel(cls[is_train]))
-    test = Split(x=[p for p, t in zip(paths, is_train) if not t], y=relabel(cls[~is_train]))
-    ds = RetrievalDataset(name=NAME, train=train, test=test, kind="images", recall_ks=(1, 2, 4, 8))
-    record_counts(ds, EXPECTED, base, missing)
-    return ds
+    return first_half_image_dataset(NAME, paths, cls, n_classes, base, LAYOUT, EXPECTED)

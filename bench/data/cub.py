@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
-from bench.data.layout import find_base, keep_existing, layout_error, record_counts
+from bench.data.base import RetrievalDataset
+from bench.data.layout import find_base, first_half_image_dataset, layout_error
 
 NAME = "cub"
 TOP_FOLDERS = ("CUB_200_2011",)
@@ -59,12 +59,4 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
     ids = sorted(images)
     paths = [str(base / "images" / images[i]) for i in ids]
     cls = np.array([int(labels[i]) for i in ids], dtype=np.int64)
-    keep, missing = keep_existing(NAME, paths, base, LAYOUT)
-    paths = [p for p, k in zip(paths, keep) if k]
-    cls = cls[keep]
-    is_train = cls <= n_classes // 2
-    train = Split(x=[p for p, t in zip(paths, is_train) if t], y=relabel(cls[is_train]))
-    test = Split(x=[p for p, t in zip(paths, is_train) if not t], y=relabel(cls[~is_train]))
-    ds = RetrievalDataset(name=NAME, train=train, test=test, kind="images", recall_ks=(1, 2, 4, 8))
-    record_counts(ds, EXPECTED, base, missing)
-    return ds
+    return first_half_image_dataset(NAME, paths, cls, n_classes, base, LAYOUT, EXPECTED)

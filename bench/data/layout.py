@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bench.data.base import RetrievalDataset
 
 # At most this many missing paths are kept in ``ds.info`` (the count is always exact).
 MAX_LISTED = 1000
@@ -153,3 +156,27 @@ def record_counts(ds, expected: dict[str, dict[str, int]] | None, root: Path, mi
         n_missing_images=len(missing),
         missing_images=list(missing[:MAX_LISTED]),
     )
+
+
+def first_half_image_dataset(
+    name: str,
+    paths: Sequence[str],
+    cls: np.ndarray,
+    n_classes: int,
+    base: Path,
+    layout: str,
+    expected: dict[str, dict[str, int]] | None,
+) -> RetrievalDataset:
+    """CUB / Cars protocol: class ids ``1..n/2`` train, the rest test; absent images skipped
+    (with a warning) and counted against the full dataset's numbers."""
+    from bench.data.base import RetrievalDataset, Split, relabel
+
+    keep, missing = keep_existing(name, list(paths), base, layout)
+    paths = [p for p, k in zip(paths, keep) if k]
+    cls = np.asarray(cls)[keep]
+    is_train = cls <= n_classes // 2
+    train = Split(x=[p for p, t in zip(paths, is_train) if t], y=relabel(cls[is_train]))
+    test = Split(x=[p for p, t in zip(paths, is_train) if not t], y=relabel(cls[~is_train]))
+    ds = RetrievalDataset(name=name, train=train, test=test, kind="images", recall_ks=(1, 2, 4, 8))
+    record_counts(ds, expected, base, missing)
+    return ds

@@ -102,7 +102,7 @@ class SmoothProxyAnchorLoss(ProxyLoss):
         if not self.confidence.enabled:
             self.confidence_module = None
             return {}
-        module, metrics = train_confidence_module(data, self.num_classes, self.confidence)
+        module, metrics = train_confidence_module(data, self.num_classes, self.confidence, self.threshold)
         self.confidence_module = module
         return metrics
 

@@ -30,7 +30,6 @@ reuse), and prints the feature time of each and the speed-up.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
