@@ -170,3 +170,44 @@ def test_bad_space_is_refused():
         StudySpec(experiment="x", kind="study", space={"loss.alpha": {"log_uniform": [0, 4]}})
     with pytest.raises(Exception, match="needs a 'space:'"):
         StudySpec(experiment="x", kind="study")
+
+
+def test_variants_share_one_experiment_and_report_one_panel_per_loss(stores):
+    from bench.studies import run_suite
+
+    settings, tmp = stores
+    spec = StudySpec.model_validate({
+        "experiment": "per-loss", "kind": "grid",
+        "variants": {
+            "pa": {"trial": {"loss": {"name": "proxy_anchor"}}, "grid": {"loss.alpha": [16.0, 32.0]}},
+            "hier": {"trial": {"loss": {"name": "hierarchical", "base": {"name": "proxy_anchor"}, "hierarchy": "given"}},
+                     "grid": {"loss.base.alpha": [16.0, 32.0]}},
+            "nca": {"trial": {"loss": {"name": "proxy_nca"}}, "grid": {"loss.scale": [8.0]}},
+        },
+    })
+    outs = run_suite(spec, settings, progress=False)
+    assert [o.study_name for o in outs] == ["per-loss.pa", "per-loss.hier", "per-loss.nca"]
+    assert [o.completed for o in outs] == [2, 2, 1]
+    runs = child_runs(settings, "per-loss")
+    assert len(runs) == 5 and runs["tags.mlflow.parentRunId"].nunique() == 3
+    build_report(settings.tracking_uri, "per-loss", tmp / "rep")
+    table = pd.read_csv(tmp / "rep" / "heatmap_alpha_delta.csv")
+    assert set(table.loss) == {"proxy_anchor", "hierarchical(proxy_anchor)", "proxy_nca"}
+    assert table.groupby("loss").selected.sum().eq(1).all()
+    assert set(table[table.loss == "hierarchical(proxy_anchor)"].alpha_key) == {"loss.base.alpha"}
+
+
+def test_a_bad_variant_stops_the_whole_suite_before_any_trial(stores):
+    from bench.studies import run_suite
+
+    settings, _ = stores
+    spec = StudySpec.model_validate({
+        "experiment": "bad-suite", "kind": "grid",
+        "variants": {"ok": {"grid": {"loss.alpha": [16.0]}},
+                     "bad": {"trial": {"loss": {"name": "proxy_nca"}}, "grid": {"loss.alpha": [16.0]}}},
+    })
+    with pytest.raises(ConfigError, match=r"(?s)\[bad-suite.bad\].*loss.alpha: unknown key; allowed keys here: include_positive, name, scale"):
+        run_suite(spec, settings, progress=False)
+    from mlflow import MlflowClient
+
+    assert MlflowClient(settings.tracking_uri).get_experiment_by_name("bad-suite") is None

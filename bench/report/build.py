@@ -102,7 +102,7 @@ def plot_heatmaps(table: pd.DataFrame, out: Path, metric: str = "test_r1") -> li
         c = list(grid.columns).index(best["alpha"])
         ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.5))
         ax.set_xlabel(t["alpha_key"].iloc[0].split(".")[-1])
-        ax.set_ylabel(t["delta_key"].iloc[0].split(".")[-1] or "-")
+        ax.set_ylabel(t["delta_key"].iloc[0].split(".")[-1] or "(no margin parameter)")
         ax.set_xticklabels([f"{v:g}" for v in grid.columns])
         ax.set_yticklabels([f"{v:g}" for v in grid.index], rotation=0)
         ax.set_title(f"{panel}\nselected ({best['selected_on']}): {best['test_r1']:.3f} test R@1", fontsize=10)
@@ -164,15 +164,15 @@ def _fmt(mean: float, std: float, bold: bool, latex: bool) -> str:
 def write_recall_tables(table: pd.DataFrame, out: Path) -> list[Path]:
     """Markdown and LaTeX: Recall@K (%) per loss, mean ± std over seeds, best bold."""
     ks = [c for c in table.columns if c.startswith("R@") and not c.endswith("_std")]
-    best = {k: table[k].max() for k in ks}
+    best = {k: round(100 * table[k].max(), 1) for k in ks}  # bold what reads as best (ties included)
     md = ["| loss | seeds | " + " | ".join(ks) + " |", "|---|---|" + "---|" * len(ks)]
     tex = [r"\begin{tabular}{l" + "c" * len(ks) + "}", r"\toprule",
            "Loss & " + " & ".join(ks) + r" \\", r"\midrule"]
     for _, r in table.iterrows():
         md.append(f"| {r['loss']} | {r['seeds']} | "
-                  + " | ".join(_fmt(r[k], r[f"{k}_std"], r[k] == best[k], False) for k in ks) + " |")
+                  + " | ".join(_fmt(r[k], r[f"{k}_std"], round(100 * r[k], 1) == best[k], False) for k in ks) + " |")
         tex.append(r["loss"].replace("_", r"\_") + " & "
-                   + " & ".join(_fmt(r[k], r[f"{k}_std"], r[k] == best[k], True) for k in ks) + r" \\")
+                   + " & ".join(_fmt(r[k], r[f"{k}_std"], round(100 * r[k], 1) == best[k], True) for k in ks) + r" \\")
     tex += [r"\bottomrule", r"\end{tabular}"]
     paths = [out / "recall_at_k.md", out / "recall_at_k.tex", out / "recall_at_k.csv"]
     paths[0].write_text("\n".join(md) + "\n")
