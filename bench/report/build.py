@@ -205,6 +205,9 @@ def plot_convergence(tracking_uri: str, sel: pd.DataFrame, out: Path) -> list[Pa
         ax.plot(m["epoch"], m["mean"], marker="o", ms=3, label=loss)
         if g["run_id"].nunique() > 1:
             ax.fill_between(m["epoch"], m["mean"] - m["std"], m["mean"] + m["std"], alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation R@1")
     ax.set_title("Convergence at each loss's selected cell")
