@@ -263,7 +263,7 @@ def test_digits_split_and_shapes():
 
 
 def test_create_dataset_on_cub_fixture_carves_val_and_noise(tmp_path):
-    f = fx.write_cub(tmp_path / "cub", n_classes=12, per_class=4)
+    fx.write_cub(tmp_path / "cub", n_classes=12, per_class=4)
     cfg = SimpleNamespace(name="cub", root=None, seed=3, val_fraction=0.34, noise_rate=0.25, noise_kind="symmetric")
     ds = create_dataset(cfg, data_root=tmp_path)
     assert ds.val is not None and ds.val.num_classes == 2 and ds.train.num_classes == 4
