@@ -7,6 +7,7 @@ epoch holding every metric of that epoch, never one call per value.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import platform
@@ -72,6 +73,28 @@ def _str_params(flat: dict[str, Any]) -> dict[str, str]:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()}
 
 
+@contextlib.contextmanager
+def store_init_lock(uri: str):
+    """Serialise the first open of a local SQLite store across processes.
+
+    MLflow creates and migrates the schema on first use; two workers doing that at once
+    fail ("table ... already exists", "duplicate column name"). A file lock next to the
+    database makes the second wait until the first has finished; other stores need none.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///") :] + ".lock")
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def runs_frame(client, experiment_ids: list[str], filter_string: str = "") -> pd.DataFrame:
     """Runs as a DataFrame shaped like ``mlflow.search_runs`` (``run_id``, ``status``,
     ``params.*``, ``metrics.*``, ``tags.*``), through an explicit client, all pages."""
@@ -102,9 +125,10 @@ class Tracker:
         # whole process, so a later settings load (another trial, a notebook cell) would
         # silently log into this store.
         self.uri = prepare_tracking_uri(tracking_uri)
-        self.client = MlflowClient(self.uri)
         self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment, artifact_root)
+        with store_init_lock(self.uri):  # MlflowClient() creates/migrates the schema
+            self.client = MlflowClient(self.uri)
+            self.experiment_id = self._experiment(experiment, artifact_root)
 
     def _experiment(self, name: str, artifact_root: str | None) -> str:
         from mlflow.exceptions import MlflowException
@@ -141,6 +165,16 @@ class Tracker:
         tags = {ROLE: "parent", STUDY: study, "bench.kind": kind, "mlflow.runName": f"{kind}:{study}"}
         tags.update(self._env_tags())
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{kind}:{study}")
+        # Two workers starting together may both have created one: all keep the oldest.
+        parents = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        keep = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run.info.run_id
+        if keep != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+            return keep
         self.client.log_text(run.info.run_id, yaml.safe_dump(spec, sort_keys=False), "study.yaml")
         return run.info.run_id
 

@@ -1,0 +1,45 @@
+"""Two worker processes on one grid (journal storage, fresh SQLite MLflow store)."""
+
+import collections
+import os
+import subprocess
+import sys
+
+import optuna
+import yaml
+
+from bench.tracking import runs_frame
+
+
+def test_two_workers_run_each_cell_exactly_once(tmp_path, tiny_trial):
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+           "artifact_root": str(tmp_path / "mlruns" / "artifacts"),
+           "storage": f"journal:{tmp_path}/optuna.journal", "trial": tiny_trial}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "g.yaml").write_text("experiment: par\nkind: grid\n"
+                                     "grid: {loss.alpha: [4, 8, 16, 32], loss.delta: [0.0, 0.2]}\n")
+    env = {**os.environ, "BENCH_CONFIG": str(tmp_path / "bench.yaml")}
+    cmd = [sys.executable, "-m", "bench", "grid", "g.yaml", "--no-progress"]
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=300)[0].decode() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="par", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal"))))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    per_cell = collections.Counter(tuple(sorted(t.params.items())) for t in complete)
+    assert len(per_cell) == 8 and set(per_cell.values()) == {1}
+    others = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]
+    assert all("duplicate_of" in t.user_attrs for t in others)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg["tracking_uri"])
+    eid = client.get_experiment_by_name("par").experiment_id
+    trials = runs_frame(client, [eid], "tags.`bench.role` = 'trial'")
+    assert len(trials) == 8 and set(trials.status) == {"FINISHED"}
+    assert len(runs_frame(client, [eid], "tags.`bench.role` = 'parent'")) == 1
+    assert trials["tags.mlflow.parentRunId"].nunique() == 1
