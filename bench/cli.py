@@ -68,13 +68,11 @@ def cmd_grid(args, kind: str) -> int:
     spec = load_spec(args.file)
     if spec.kind != kind:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
-    if args.set:
-        from bench.config import merge, set_dotted
+    if args.set:  # applied last, over every variant's own trial settings
+        from bench.config import set_dotted
 
-        extra: dict[str, Any] = {}
         for k, v in _sets(args.set).items():
-            set_dotted(extra, k, v)
-        spec.trial = merge(spec.trial, extra)
+            set_dotted(spec.overrides, k, v)
     outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress)
     rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
              "already_done": o.skipped, "best": o.best} for o in outs]
@@ -133,7 +131,8 @@ def cmd_datasets(args) -> int:
 
     if not args.name:
         raise ConfigError(f"datasets check needs a NAME; one of: {', '.join(sorted(DATASETS))}")
-    result = check_dataset(args.name, args.root)
+    root = args.root or str(Path(_settings(args).data_root).expanduser() / args.name)
+    result = check_dataset(args.name, root)
     print(json.dumps(result, indent=2, default=str))
     if not result.get("ok", True):
         print(f"error: {result.get('n_corrupt', 0)} corrupt and {result.get('n_missing', 0)} missing images "
@@ -226,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("datasets", help="list datasets or check one on disk")
     ds.add_argument("action", choices=["list", "check"])
     ds.add_argument("name", nargs="?")
-    ds.add_argument("--root", help="dataset folder (default: data_root/NAME)")
+    ds.add_argument("--root", help="dataset folder (default: bench.yaml's data_root/NAME)")
     ds.set_defaults(fn=cmd_datasets)
 
     doc = sub.add_parser("doctor", help="versions, device, stores")

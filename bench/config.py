@@ -130,7 +130,9 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    ks: list[int] | None = Field(
+        None, description="Recall@K cut-offs; null = the dataset's protocol (CUB/Cars 1,2,4,8; SOP 1,10,100,1000; ...)"
+    )
     select_on: Literal["val", "test"] = Field(
         "val", description="'val' (honest) or 'test' (paper parity, labelled as such)"
     )
@@ -138,7 +140,9 @@ class EvalConfig(_Strict):
 
     @field_validator("ks")
     @classmethod
-    def _ks(cls, v: list[int]) -> list[int]:
+    def _ks(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
         if not v or any(k < 1 for k in v):
             raise ValueError("eval.ks must be a non-empty list of positive integers, e.g. [1, 2, 4, 8]")
         return sorted(set(v))

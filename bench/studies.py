@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +21,7 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.config import ConfigError, Settings, TrialConfig, resolve_trial
+from bench.config import ConfigError, Settings, TrialConfig, merge, resolve_trial
 from bench.train import TrialFailed, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,6 +52,9 @@ class StudySpec(BaseModel):
     kind: Literal["grid", "study"] = "grid"
     description: str = ""
     trial: dict[str, Any] = Field(default_factory=dict, description="nested overrides of bench.yaml's trial")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="applied last, over every variant's trial (the command line's --set)"
+    )
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
     space: dict[str, dict[str, Any]] = Field(default_factory=dict, description="dotted key -> distribution")
     n_trials: int = Field(20, ge=1)
@@ -72,7 +77,7 @@ class StudySpec(BaseModel):
         for vname, v in self.variants.items():
             d = self.model_dump()
             d.update(study_name=f"{self.name}.{vname}", variants={}, trial=merge(self.trial, v.trial),
-                     grid={**self.grid, **v.grid}, space={**self.space, **v.space})
+                     grid={**self.grid, **v.grid}, space={**self.space, **v.space}, overrides=self.overrides)
             out.append(StudySpec.model_validate(d))
         return out
 
@@ -113,6 +118,12 @@ class StudySpec(BaseModel):
         if self.kind == "study" and not self.space:
             raise ValueError("kind: study needs a 'space:' mapping of dotted keys to distributions")
         return self
+
+    def effective_trial(self) -> dict[str, Any]:
+        """The trial overrides a run applies: the file's ``trial`` then ``overrides``."""
+        from bench.config import merge
+
+        return merge(self.trial, self.overrides)
 
     def cells(self) -> list[dict[str, Any]]:
         keys = list(self.grid)
@@ -178,13 +189,10 @@ class StudyOutcome:
 def _validate_all(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
     """Resolve every grid cell (or the space's corners) before any trial starts."""
     errors, cfgs = [], []
-    if spec.kind == "grid":
-        probes = spec.cells()
-    else:
-        probes = [{k: _corner(d, i) for k, d in spec.space.items()} for i in (0, 1)]
+    probes = spec.cells() if spec.kind == "grid" else _space_probes(spec.space)
     for cell in probes:
         try:
-            cfgs.append(resolve_trial(settings.trial, spec.trial, dotted=cell))
+            cfgs.append(resolve_trial(settings.trial, spec.effective_trial(), dotted=cell))
         except ConfigError as e:
             errors.append(f"cell {cell}: {e}")
     if errors:
@@ -204,18 +212,37 @@ def _preflight(cfgs: list[TrialConfig], datasets: dict[str, Any], data_root: str
         key = cfg.data.model_dump_json()
         if key not in datasets:
             datasets[key] = create_dataset(cfg.data, data_root)
-        y = datasets[key].train.y
+        ds = datasets[key]
         try:
-            make_batches(y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
+            make_batches(ds.train.y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
         except ValueError as e:
             errors.append(str(e))
+        if cfg.eval.select_on == "val" and ds.val is None:
+            errors.append("eval.select_on=val needs a validation split: set data.val_fraction > 0 "
+                          "(or eval.select_on=test for paper parity)")
+        ks = cfg.eval.ks or ds.recall_ks
+        for name, split in (("val", ds.val), ("test", ds.test)):
+            if split is None:
+                continue
+            refs = len(split.gallery) if split.gallery is not None else len(split) - 1
+            if max(ks) > refs:
+                errors.append(f"eval.ks reaches {max(ks)} but the {name} split has only {refs} references")
     if errors:
         raise ConfigError("\n".join(dict.fromkeys(errors)))
 
 
-def _corner(dist: dict[str, Any], i: int) -> Any:
-    kind, arg = next(iter(dist.items()))
-    return arg[0] if kind == "choice" and i == 0 else arg[-1] if kind == "choice" else arg[i]
+def _space_probes(space: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Configs that cover every value a search can draw at its edges: each ``choice``
+    value and both ends of each range, the other keys at their low end."""
+    def values(dist: dict[str, Any]) -> list[Any]:
+        kind, arg = next(iter(dist.items()))
+        return list(arg) if kind == "choice" else [arg[0], arg[1]]
+
+    low = {k: values(d)[0] for k, d in space.items()}
+    probes = [low]
+    for k, d in space.items():
+        probes += [{**low, k: v} for v in values(d)[1:]]
+    return probes
 
 
 def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
@@ -227,6 +254,57 @@ def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
     if kind == "int":
         return trial.suggest_int(key, int(arg[0]), int(arg[1]))
     return trial.suggest_categorical(key, arg)
+
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _enqueue_cell(study: optuna.Study, params: dict[str, Any]) -> None:
+    """Queue ``params`` to run again. Under a GridSampler the waiting trial also gets its
+    cell's ``grid_id``, as the sampler's own trials have: Optuna 5 leaves enqueued trials
+    without one, and its ``after_trial`` then fails (KeyError) when one cell is left."""
+    study.enqueue_trial(params, skip_if_exists=False)
+    sampler = study.sampler
+    if not isinstance(sampler, optuna.samplers.GridSampler):
+        return
+    gid = sampler._all_grids.index(tuple(params[k] for k in sampler._param_names))
+    TS = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(TS.WAITING,)):
+        if "grid_id" not in t.system_attrs and t.system_attrs.get("fixed_params") == params:
+            study._storage.set_trial_system_attr(t._trial_id, "search_space", sampler._search_space)
+            study._storage.set_trial_system_attr(t._trial_id, "grid_id", gid)
+
+
+def _reap_dead_local_workers(study: optuna.Study, requeue: bool) -> list[str]:
+    """Fail the RUNNING trials whose worker process on this host is gone (and, for grids,
+    queue their cell again), so a killed worker's cell is not skipped as "taken" forever.
+
+    RDB storages also notice dead workers on other hosts through heartbeats; the journal
+    backend has none, so this is its only recovery (for other hosts: ``--retry-failed``
+    after marking, or an RDB storage).
+    """
+    TS = optuna.trial.TrialState
+    host, requeued = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if w_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "failure_reason", f"worker {w_host}:{pid} died")
+        study.tell(t.number, state=TS.FAIL)
+        if requeue and t.params:
+            _enqueue_cell(study, t.params)
+            requeued.append(json.dumps(t.params, sort_keys=True))
+    return requeued
 
 
 def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
@@ -280,27 +358,38 @@ def run_study(
         direction="maximize", load_if_exists=True,
     )
     spec_dump = spec.model_dump(mode="json")
-    previous = study.user_attrs.get("spec")
+    base_trial = json.loads(json.dumps(merge(settings.trial, spec.effective_trial())))
+    previous, previous_base = study.user_attrs.get("spec"), study.user_attrs.get("base_trial")
+    changed = []
     if previous is not None and (previous.get("grid"), previous.get("space")) != (spec_dump["grid"], spec_dump["space"]):
+        changed.append("grid/space")
+    if previous_base is not None and previous_base != base_trial:
+        changed.append("trial settings (bench.yaml trial, the file's trial: or --set)")
+    if changed:
         raise ConfigError(
-            f"study {spec.name!r} already exists in {storage_url} with another grid/space; "
-            "give the study file a new 'experiment:' name or delete the old study"
+            f"study {spec.name!r} already exists in {storage_url} with other {' and '.join(changed)}; "
+            "resuming would mix results: give the study file a new 'experiment:' (or study_name:) "
+            "or delete the old study"
         )
     study.set_user_attr("spec", spec_dump)
+    study.set_user_attr("base_trial", base_trial)
+    reaped = _reap_dead_local_workers(study, requeue=spec.kind == "grid")
 
     TS = optuna.trial.TrialState
     total = len(spec.cells()) if spec.kind == "grid" else spec.n_trials
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.FAIL)]
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.FAIL)
+                or (spec.kind == "study" and t.state == TS.PRUNED)]
     done_cells = {json.dumps(t.params, sort_keys=True) for t in finished if t.state == TS.COMPLETE}
+    done_cells |= set(reaped)  # already queued again
     if retry_failed:
         for t in finished:
             key = json.dumps(t.params, sort_keys=True)
             if t.state == TS.FAIL and key not in done_cells and t.params:
-                study.enqueue_trial(t.params, skip_if_exists=False)
+                _enqueue_cell(study, t.params)
                 done_cells.add(key)  # enqueue each failed cell once
         finished = [t for t in finished if t.state == TS.COMPLETE]
     if spec.kind == "grid":
-        already = len({json.dumps(t.params, sort_keys=True) for t in finished})
+        already = len({json.dumps(t.params, sort_keys=True) for t in finished} - set(reaped))
     else:
         already = len(finished)
     remaining = max(total - already, 0)
@@ -318,7 +407,13 @@ def run_study(
                 raise optuna.TrialPruned(f"cell already taken by trial {dup}")
         else:
             cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
-        cfg = resolve_trial(settings.trial, spec.trial, dotted=cell)
+        trial.set_user_attr("worker", WORKER)
+        try:
+            cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
+        except ConfigError as e:  # a drawn value the preflight could not foresee
+            trial.set_user_attr("failure_reason", str(e))
+            counts["failed"] += 1
+            raise TrialFailed(str(e)) from e
         key = cfg.data.model_dump_json()
         if key not in datasets:
             datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)

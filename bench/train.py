@@ -202,7 +202,12 @@ def run_trial(
     fingerprint = ds.fingerprint()
     if ds.kind != "features" and cfg.model.backbone == "none":
         raise TrialFailed(f"dataset {ds.name!r} holds images; the image path needs model.backbone (e.g. resnet50, small_cnn)")
-    ks = [k for k in cfg.eval.ks]
+    ks = list(cfg.eval.ks or ds.recall_ks)
+    if cfg.eval.select_on == "val" and ds.val is None:
+        raise TrialFailed(
+            "eval.select_on=val needs a validation split: set data.val_fraction > 0 "
+            "(or eval.select_on=test for paper parity)"
+        )
 
     # Frozen backbone (Smooth Proxy-Anchor's setting): images -> cached backbone features,
     # computed once per backbone/weights/images/transform; from here on the features path.
@@ -262,7 +267,7 @@ def run_trial(
     if on_setup is not None:
         on_setup({"device": str(device), "dataset_fingerprint": fingerprint, **setup_info, **setup_metrics})
 
-    select_split = "test" if cfg.eval.select_on == "test" or ds.val is None else "val"
+    select_split = cfg.eval.select_on
     history: list[dict[str, float]] = []
     best = (-math.inf, 0, None)  # (score, epoch, model state)
     for epoch in range(1, cfg.train.epochs + 1):

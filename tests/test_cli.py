@@ -102,3 +102,14 @@ def test_datasets_check_cli(tmp_path, capsys):
     assert main(["datasets", "check", "cub", "--root", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "image_class_labels.txt" in err
+
+
+def test_datasets_check_defaults_to_data_root(workdir, capsys):
+    from bench.data.fixtures import write_cub
+
+    write_cub(workdir / "data" / "cub")
+    s = yaml.safe_load((workdir / "bench.yaml").read_text())
+    s["data_root"] = str(workdir / "data")
+    (workdir / "bench.yaml").write_text(yaml.safe_dump(s))
+    assert main(["datasets", "check", "cub"]) == 0
+    assert json.loads(capsys.readouterr().out)["root"] == str(workdir / "data" / "cub")

@@ -186,6 +186,16 @@ def test_folder_two_levels_detected(tmp_path):
     assert ds.summary()["hierarchy_depth"] == 2
     assert ds.train.num_classes == 4 and ds.test.num_classes == 4
     assert_contiguous(ds.train.parents)
+    # Split within each parent: both parents appear in train and in test.
+    assert set(ds.train.class_parents) == {0, 1} and set(ds.test.class_parents) == {0, 1}
+
+
+def test_fingerprint_covers_the_gallery(tmp_path):
+    f = fx.write_inshop(tmp_path / "inshop")
+    ds = load("inshop", f.root)
+    before = ds.fingerprint()
+    ds.test.gallery.y = ds.test.gallery.y[::-1].copy()
+    assert ds.fingerprint() != before
 
 
 def test_folder_needs_two_classes(tmp_path):

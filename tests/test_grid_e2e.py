@@ -143,7 +143,7 @@ def test_bad_cell_fails_before_any_trial(stores):
 def test_changed_grid_under_same_name_is_refused(stores):
     settings, _ = stores
     run_study(StudySpec(experiment="g", grid={"loss.alpha": [32.0]}), settings, progress=False)
-    with pytest.raises(ConfigError, match="another grid"):
+    with pytest.raises(ConfigError, match="other grid/space"):
         run_study(StudySpec(experiment="g", grid={"loss.alpha": [16.0]}), settings, progress=False)
 
 
@@ -211,3 +211,80 @@ def test_a_bad_variant_stops_the_whole_suite_before_any_trial(stores):
     from mlflow import MlflowClient
 
     assert MlflowClient(settings.tracking_uri).get_experiment_by_name("bad-suite") is None
+
+
+def test_changed_trial_settings_under_same_name_are_refused(stores):
+    settings, _ = stores
+    spec = StudySpec(experiment="t", grid={"loss.alpha": [32.0]}, trial={"train": {"epochs": 1}})
+    run_study(spec, settings, progress=False)
+    again = StudySpec(experiment="t", grid={"loss.alpha": [32.0]}, trial={"train": {"epochs": 1}},
+                      overrides={"train": {"epochs": 2}})
+    with pytest.raises(ConfigError, match="other trial settings"):
+        run_study(again, settings, progress=False)
+
+
+def test_command_line_overrides_beat_variant_settings(stores):
+    from bench.studies import run_suite
+
+    settings, _ = stores
+    spec = StudySpec.model_validate({
+        "experiment": "ov", "overrides": {"train": {"epochs": 1}},
+        "variants": {"a": {"trial": {"train": {"epochs": 2}}, "grid": {"loss.alpha": [32.0]}}},
+    })
+    run_suite(spec, settings, progress=False)
+    assert set(child_runs(settings, "ov")["params.train.epochs"]) == {"1"}
+
+
+def test_dead_local_worker_cell_is_rerun(stores):
+    """A RUNNING trial whose worker process died (journal storage: no heartbeat) is failed
+    and its cell queued again, instead of being skipped as taken forever."""
+    import subprocess
+    import sys
+
+    from bench.studies import make_storage
+
+    settings, tmp = stores
+    settings.storage = f"journal:{tmp}/j.journal"
+    spec = StudySpec(experiment="dead", grid={"loss.alpha": [16.0, 32.0]})
+    study = optuna.create_study(study_name="dead", storage=make_storage(settings.storage), direction="maximize",
+                                sampler=optuna.samplers.GridSampler(spec.grid, seed=0))
+    ghost = study.ask()  # a worker that took a cell and was killed
+    ghost.suggest_categorical("loss.alpha", [16.0, 32.0])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    ghost.set_user_attr("worker", f"{socket.gethostname()}:{int(dead.stdout)}")
+    out = run_study(spec, settings, progress=False)
+    assert out.completed == 2
+    study = optuna.load_study(study_name="dead", storage=make_storage(settings.storage))
+    done = [t.params["loss.alpha"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(done) == [16.0, 32.0]
+    assert study.trials[ghost.number].state == optuna.trial.TrialState.FAIL
+
+
+def test_study_resume_counts_pruned_trials(stores, monkeypatch):
+    settings, _ = stores
+    spec = StudySpec(experiment="pr", kind="study", n_trials=3, sampler="random",
+                     space={"loss.alpha": {"uniform": [8, 64]}})
+    import bench.studies as st
+
+    real = st.run_trial
+
+    def prune_first(cfg, **kw):
+        if not hasattr(prune_first, "done"):
+            prune_first.done = True
+            raise optuna.TrialPruned("test")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(st, "run_trial", prune_first)
+    first = run_study(spec, settings, progress=False)
+    assert first.completed == 2
+    assert run_study(spec, settings, progress=False).completed == 0  # 2 complete + 1 pruned = 3
+
+
+def test_every_choice_value_is_validated_before_a_study_starts(stores):
+    settings, _ = stores
+    spec = StudySpec(experiment="ch", kind="study", n_trials=2,
+                     space={"train.batch_size": {"choice": [16, 1, 24]}, "loss.alpha": {"uniform": [8, 64]}})
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        run_study(spec, settings, progress=False)

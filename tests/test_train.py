@@ -81,3 +81,29 @@ def test_batch_larger_than_train_split_is_clear(tiny_trial):
     tiny_trial["train"]["batch_size"] = 10_000
     with pytest.raises(ValueError, match="train.batch_size=10000 exceeds"):
         run_trial(resolve_trial(tiny_trial))
+
+
+def test_select_on_val_without_val_split_is_refused(tiny_trial):
+    tiny_trial["data"]["val_fraction"] = 0.0
+    with pytest.raises(TrialFailed, match="needs a validation split"):
+        run_trial(resolve_trial(tiny_trial))
+    tiny_trial["eval"]["select_on"] = "test"
+    assert "val_recall_at_1" not in run_trial(resolve_trial(tiny_trial)).metrics
+
+
+def test_val_split_has_at_least_two_classes():
+    from bench.config import DataConfig
+
+    ds = create_dataset(DataConfig(name="digits"))  # 5 training digits x 0.2 -> 2 val classes, not 1
+    assert ds.val.num_classes == 2 and ds.train.num_classes == 3
+
+
+def test_recall_ks_default_to_the_dataset_protocol(tiny_trial):
+    from bench.data import create_dataset as cd
+
+    del tiny_trial["eval"]["ks"]
+    cfg = resolve_trial(tiny_trial)
+    ds = cd(cfg.data)
+    ds.recall_ks = (1, 3)
+    r = run_trial(cfg, dataset=ds)
+    assert {"test_recall_at_1", "test_recall_at_3"} <= set(r.metrics) and "test_recall_at_2" not in r.metrics

@@ -114,7 +114,7 @@ def test_cub_fixture_resnet18_with_corrupt_image(tmp_path):
 def test_inshop_fixture_query_against_gallery_with_cache_images(tmp_path):
     f = fx.write_inshop(tmp_path / "inshop", items_per_category=4, per_item=3)
     cfg = resolve_trial({}, dotted={
-        "data.name": "inshop", "data.root": str(f.root), "data.image_size": 16, "data.val_fraction": 0.0,
+        "data.name": "inshop", "data.root": str(f.root), "data.image_size": 16, "data.val_fraction": 0.0, "eval.select_on": "test",
         "model.backbone": "small_cnn", "model.head": "linear", "model.embedding_dim": 8,
         "train.epochs": 1, "train.batch_size": 6, "train.cache_images": True, "eval.ks": [1, 10],
     })
@@ -205,7 +205,7 @@ def test_frozen_mode_on_jpegs_with_weights_file(tmp_path):
 
     torch.save(create_backbone("resnet18", impl="builtin").state_dict(), tmp_path / "r18.pth")
     cfg = resolve_trial({}, dotted={
-        "data.name": "cub", "data.root": str(f.root), "data.image_size": 32, "data.val_fraction": 0.0,
+        "data.name": "cub", "data.root": str(f.root), "data.image_size": 32, "data.val_fraction": 0.0, "eval.select_on": "test",
         "model.backbone": "resnet18", "model.backbone_impl": "builtin", "model.weights": str(tmp_path / "r18.pth"),
         "model.freeze_backbone": True, "model.feature_cache": str(tmp_path / "cache"), "model.head": "linear",
         "model.embedding_dim": 8, "train.epochs": 1, "train.batch_size": 3, "train.num_workers": 0, "eval.ks": [1],

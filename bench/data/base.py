@@ -81,7 +81,9 @@ class RetrievalDataset:
     def fingerprint(self) -> str:
         """Short content hash of labels and inputs, logged with every run."""
         h = hashlib.sha256()
-        for s in (self.train, self.val, self.test):
+        splits = [self.train, self.val, self.test]
+        splits += [s.gallery for s in splits if s is not None and s.gallery is not None]
+        for s in splits:
             if s is None:
                 continue
             h.update(np.ascontiguousarray(s.y).tobytes())

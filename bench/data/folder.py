@@ -1,8 +1,8 @@
 """Any image-folder dataset: ``root/<class>/<image>`` or ``root/<parent>/<class>/<image>``.
 
 The two-level form is detected automatically (top folders hold only sub-folders) and
-gives a hierarchy. Classes are sorted by path; the first half train, the second half
-test, the same class-disjoint protocol as CUB and Cars.
+gives a hierarchy. Classes are sorted by path; the first half train, the second half test
+(within each parent for two levels), the class-disjoint protocol of CUB and Cars.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ ROOT/
   <parent_1>/<class_b>/...
   <parent_2>/<class_c>/...
 Image files: """ + " ".join(IMAGE_EXTENSIONS) + """ (any case); hidden files are ignored.
-Split: first half of the sorted classes train, second half test (at least 2 classes).
+Split: first half of the sorted classes train, second half test (within each parent for
+a two-level tree, so every parent is in both splits; at least 2 classes).
 """
 
 
@@ -72,13 +73,27 @@ def scan(root: Path) -> tuple[list[tuple[str, str, list[Path]]], int]:
 
 
 def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
-    """Load an image-folder tree; classes sorted, first half train, second half test."""
+    """Load an image-folder tree; classes sorted, first half train, second half test
+    (within each parent for a two-level tree)."""
     root = need_root(NAME, root, LAYOUT)
     classes, depth = scan(root)
     if len(classes) < 2:
         raise layout_error(NAME, root, [f"found {len(classes)} class folder(s) with images; need at least 2"], LAYOUT)
     classes.sort(key=lambda c: c[1])
-    n_train = len(classes) // 2
+    if depth == 2:
+        # Split within each parent (first half of its classes train), so every parent is
+        # in both splits, as SOP's super-classes are; a global first half would put whole
+        # parents on one side and make the given hierarchy trivial.
+        by_parent: dict[str, list] = {}
+        for c in classes:
+            by_parent.setdefault(c[0], []).append(c)
+        train_part = [c for cs in by_parent.values() for c in cs[: max(1, len(cs) // 2)]]
+        test_part = [c for cs in by_parent.values() for c in cs[max(1, len(cs) // 2):]]
+        if not test_part:
+            raise layout_error(NAME, root, ["every parent folder has a single class; nothing left to test on"], LAYOUT)
+    else:
+        n_train = len(classes) // 2
+        train_part, test_part = classes[:n_train], classes[n_train:]
 
     def make(part: list[tuple[str, str, list[Path]]]) -> Split:
         x = [str(f) for _, _, imgs in part for f in imgs]
@@ -90,11 +105,11 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
 
     ds = RetrievalDataset(
         name=NAME,
-        train=make(classes[:n_train]),
-        test=make(classes[n_train:]),
+        train=make(train_part),
+        test=make(test_part),
         kind="images",
         recall_ks=(1, 2, 4, 8),
-        info={"class_names": {"train": [c[1] for c in classes[:n_train]], "test": [c[1] for c in classes[n_train:]]}},
+        info={"class_names": {"train": [c[1] for c in train_part], "test": [c[1] for c in test_part]}},
     )
     record_counts(ds, None, root)
     return ds

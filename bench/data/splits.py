@@ -34,11 +34,14 @@ def carve_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Spli
         return train, None
     base = train.y_clean if train.y_clean is not None else train.y
     classes = np.unique(base)
-    n_val = max(1, int(round(len(classes) * val_fraction)))
-    if n_val >= len(classes):
+    # At least two classes: with one, every neighbour is a match and val R@1 is always 1,
+    # so "selection" would just keep the first epoch.
+    n_val = max(2, int(round(len(classes) * val_fraction)))
+    if len(classes) - n_val < 2:
         raise ValueError(
-            f"data.val_fraction={val_fraction} leaves no training classes out of {len(classes)}; "
-            "use a value in [0, 0.5]"
+            f"data.val_fraction={val_fraction}: {len(classes)} training classes cannot give "
+            f"{n_val} validation classes (at least 2) and keep 2 for training; "
+            "use data.val_fraction=0 with eval.select_on=test"
         )
     rng = np.random.default_rng(seed)
     val_classes = rng.choice(classes, size=n_val, replace=False)

@@ -6,6 +6,7 @@ can be checked (and re-plotted) without MLflow.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +36,65 @@ def _num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce")
 
 
-def _panel_name(row: pd.Series) -> str:
+def _loss_label(row: pd.Series) -> str:
     name = row.get("params.loss.name", "?")
     if name == "hierarchical":
         return f"hierarchical({row.get('params.loss.base.name', '?')})"
     return str(name)
 
 
-def heatmap_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean/std test and val R@1 per (loss panel, alpha, delta) cell, with the selected cell.
+def _cell(row: pd.Series) -> str:
+    """The trial's grid/space point without ``train.seed``: runs of one cell are seeds."""
+    c = json.loads(row.get("tags.bench.cell") or "{}")
+    c.pop("train.seed", None)
+    return json.dumps(c, sort_keys=True)
 
-    The marked cell of each panel is the one a user would pick: best mean validation R@1
-    (best test R@1 only for runs made with ``eval.select_on: test``, paper parity).
-    """
+
+def _cell_order(cell: str) -> tuple:
+    """Numeric-aware order of cells (alpha 4 before 32), the tie-break everywhere."""
+    return tuple((k, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)))
+                 for k, v in sorted(json.loads(cell).items()))
+
+
+def with_panels(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``panel`` (one per loss; split by study and dataset when several share a loss,
+    so runs of different setups are never pooled as if they were seeds) and ``cell``."""
     df = df.copy()
-    df["panel"] = df.apply(_panel_name, axis=1)
+    df["loss_label"] = df.apply(_loss_label, axis=1)
+    df["cell"] = df.apply(_cell, axis=1)
+    study = df.get("tags.bench.study", pd.Series("", index=df.index)).fillna("")
+    data = df.get("params.data.name", pd.Series("", index=df.index)).fillna("")
+    panel = df["loss_label"].copy()
+    for label, idx in df.groupby("loss_label").groups.items():
+        parts = []
+        if data[idx].nunique() > 1:
+            parts.append(data[idx])
+        if study[idx].nunique() > 1:
+            parts.append(study[idx])
+        if parts:
+            extra = parts[0] if len(parts) == 1 else parts[0] + ", " + parts[1]
+            panel[idx] = label + " [" + extra + "]"
+    df["panel"] = panel
+    return df
+
+
+def _selection_metric(g: pd.DataFrame) -> str:
+    return "test" if (g.get("tags.bench.selection") == "test").all() else "val"
+
+
+def choose_cells(df: pd.DataFrame) -> dict[str, str]:
+    """Per panel, the cell a user would pick: best mean R@1 on validation (on test only for
+    ``select_on: test`` runs, paper parity); ties go to the first cell in numeric order."""
+    chosen = {}
+    for panel, g in df.groupby("panel"):
+        means = g.groupby("cell")[f"metrics.{_selection_metric(g)}_recall_at_1"].mean()
+        best = means.max()
+        chosen[panel] = min((c for c, m in means.items() if m == best), key=_cell_order)
+    return chosen
+
+
+def heatmap_table(df: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
+    """Mean/std test and val R@1 per (panel, alpha, delta), the chosen cell marked."""
     rows = []
     for panel, g in df.groupby("panel"):
         a_key = next((k for k in ALPHA_KEYS if f"params.{k}" in g and g[f"params.{k}"].notna().any()), None)
@@ -58,7 +103,8 @@ def heatmap_table(df: pd.DataFrame) -> pd.DataFrame:
             continue
         g = g.assign(alpha=_num(g[f"params.{a_key}"]),
                      delta=_num(g[f"params.{d_key}"]) if d_key else 0.0)
-        sel = "test" if (g.get("tags.bench.selection") == "test").all() else "val"
+        if "metrics.val_recall_at_1" not in g:  # select_on: test runs without a val split
+            g = g.assign(**{"metrics.val_recall_at_1": float("nan")})
         agg = g.groupby(["alpha", "delta"]).agg(
             test_r1=("metrics.test_recall_at_1", "mean"),
             test_r1_std=("metrics.test_recall_at_1", "std"),
@@ -67,10 +113,9 @@ def heatmap_table(df: pd.DataFrame) -> pd.DataFrame:
         ).reset_index()
         agg.insert(0, "loss", panel)
         agg["alpha_key"], agg["delta_key"] = a_key, d_key or ""
-        agg["selected_on"] = sel
-        best = agg[f"{sel}_r1"].idxmax()
-        agg["selected"] = False
-        agg.loc[best, "selected"] = True
+        agg["selected_on"] = _selection_metric(g)
+        pick = g[g["cell"] == chosen[panel]].iloc[0]
+        agg["selected"] = (agg["alpha"] == pick["alpha"]) & (agg["delta"] == pick["delta"])
         rows.append(agg)
     if not rows:
         raise LookupError("no finished runs with an alpha (or scale) parameter to draw a heatmap from")
@@ -116,28 +161,9 @@ def plot_heatmaps(table: pd.DataFrame, out: Path, metric: str = "test_r1") -> li
     return paths
 
 
-def selected_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Per loss panel, the runs (all seeds) of the cell with the best mean selection metric.
-
-    A cell is the trial's grid/space point without ``train.seed``, so seeds are averaged.
-    """
-    import json
-
-    df = df.copy()
-    df["panel"] = df.apply(_panel_name, axis=1)
-
-    def cell(row: pd.Series) -> str:
-        c = json.loads(row.get("tags.bench.cell") or "{}")
-        c.pop("train.seed", None)
-        return json.dumps(c, sort_keys=True)
-
-    df["cell"] = df.apply(cell, axis=1)
-    keep = []
-    for _, g in df.groupby("panel"):
-        sel = "test" if (g.get("tags.bench.selection") == "test").all() else "val"
-        means = g.groupby("cell")[f"metrics.{sel}_recall_at_1"].mean()
-        keep.append(g[g["cell"] == means.idxmax()])
-    return pd.concat(keep)
+def selected_runs(df: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
+    """All runs (seeds) of each panel's chosen cell."""
+    return df[df["cell"] == df["panel"].map(chosen)]
 
 
 def recall_table(sel: pd.DataFrame) -> pd.DataFrame:
@@ -234,8 +260,10 @@ def build_report(tracking_uri: str, experiment: str, out: str | Path = "reports"
              f"{len(df)} finished trial runs. Test metrics at the epoch and cell selected on "
              "validation classes (unless the runs say `select_on: test`).", ""]
     selected: list[dict[str, Any]] = []
+    df = with_panels(df)
+    chosen = choose_cells(df)
     try:
-        table = heatmap_table(df)
+        table = heatmap_table(df, chosen)
     except LookupError:
         table = None
     if table is not None:
@@ -244,7 +272,7 @@ def build_report(tracking_uri: str, experiment: str, out: str | Path = "reports"
         written += plot_heatmaps(table, out) + [csv]
         best = table[table["selected"]]
         selected = best[["loss", "alpha", "delta", "test_r1", "val_r1"]].to_dict("records")
-    sel = selected_runs(df)
+    sel = selected_runs(df, chosen)
     rt = recall_table(sel)
     written += write_recall_tables(rt, out)
     written += plot_convergence(tracking_uri, sel, out)
