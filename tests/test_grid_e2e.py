@@ -288,3 +288,13 @@ def test_every_choice_value_is_validated_before_a_study_starts(stores):
                      space={"train.batch_size": {"choice": [16, 1, 24]}, "loss.alpha": {"uniform": [8, 64]}})
     with pytest.raises(ConfigError, match="train.batch_size"):
         run_study(spec, settings, progress=False)
+
+
+def test_select_on_val_without_val_split_fails_before_any_trial(stores):
+    settings, _ = stores
+    spec = StudySpec(experiment="noval", grid={"loss.alpha": [32.0]}, trial={"data": {"val_fraction": 0.0}})
+    with pytest.raises(ConfigError, match="eval.select_on=val needs a validation split"):
+        run_study(spec, settings, progress=False)
+    from mlflow import MlflowClient
+
+    assert MlflowClient(settings.tracking_uri).get_experiment_by_name("noval") is None
