@@ -71,8 +71,6 @@ class StudySpec(BaseModel):
         """One spec per variant (trial overrides merged, grid/space extended); or [self]."""
         if not self.variants:
             return [self]
-        from bench.config import merge
-
         out = []
         for vname, v in self.variants.items():
             d = self.model_dump()
@@ -121,8 +119,6 @@ class StudySpec(BaseModel):
 
     def effective_trial(self) -> dict[str, Any]:
         """The trial overrides a run applies: the file's ``trial`` then ``overrides``."""
-        from bench.config import merge
-
         return merge(self.trial, self.overrides)
 
     def cells(self) -> list[dict[str, Any]]:
@@ -202,31 +198,17 @@ def _validate_all(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
 
 
 def _preflight(cfgs: list[TrialConfig], datasets: dict[str, Any], data_root: str | None) -> None:
-    """Load each distinct dataset once and check every config against it (batch size vs
-    split size, m-per-class feasibility), so such mistakes also fail before any trial."""
+    """Load each distinct dataset once and check every config against it
+    (:func:`bench.train.check_against_dataset`), so such mistakes fail before any trial."""
     from bench.data import create_dataset
-    from bench.data.samplers import make_batches
+    from bench.train import check_against_dataset
 
     errors = []
     for cfg in cfgs:
         key = cfg.data.model_dump_json()
         if key not in datasets:
             datasets[key] = create_dataset(cfg.data, data_root)
-        ds = datasets[key]
-        try:
-            make_batches(ds.train.y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
-        except ValueError as e:
-            errors.append(str(e))
-        if cfg.eval.select_on == "val" and ds.val is None:
-            errors.append("eval.select_on=val needs a validation split: set data.val_fraction > 0 "
-                          "(or eval.select_on=test for paper parity)")
-        ks = cfg.eval.ks or ds.recall_ks
-        for name, split in (("val", ds.val), ("test", ds.test)):
-            if split is None:
-                continue
-            refs = len(split.gallery) if split.gallery is not None else len(split) - 1
-            if max(ks) > refs:
-                errors.append(f"eval.ks reaches {max(ks)} but the {name} split has only {refs} references")
+        errors += check_against_dataset(cfg, datasets[key])
     if errors:
         raise ConfigError("\n".join(dict.fromkeys(errors)))
 
@@ -328,19 +310,20 @@ def run_study(
     retry_failed: bool = False,
     progress: bool = True,
     data_root: str | None = None,
+    datasets: dict[str, Any] | None = None,
 ) -> StudyOutcome:
     """Run (or resume) one grid or study; every trial is a child run in MLflow.
 
-    A spec with ``variants`` goes through :func:`run_suite`.
+    A spec with ``variants`` goes through :func:`run_suite`. ``datasets``: loaded datasets
+    keyed by data config, shared between calls so each is loaded once.
     """
     from bench.data import create_dataset
     from bench.tracking import Tracker
 
     if spec.variants:
         raise ValueError("a study file with variants runs through run_suite()")
-    cfgs = _validate_all(settings, spec)
-    datasets: dict[str, Any] = {}
-    _preflight(cfgs, datasets, data_root or settings.data_root)
+    datasets = {} if datasets is None else datasets
+    _preflight(_validate_all(settings, spec), datasets, data_root or settings.data_root)
     tracking_uri = tracking_uri or settings.tracking_uri
     storage_url = storage or settings.storage
     optuna_storage = make_storage(storage_url)
@@ -472,15 +455,16 @@ def run_study(
 def run_suite(spec: StudySpec, settings: Settings, **kwargs: Any) -> list[StudyOutcome]:
     """Every variant of a study file, in order; all of them validated before the first runs."""
     parts = spec.expand()
+    datasets: dict[str, Any] = {}  # loaded once here, reused by every run_study below
     errors = []
     for part in parts:
         try:
-            _preflight(_validate_all(settings, part), {}, kwargs.get("data_root") or settings.data_root)
+            _preflight(_validate_all(settings, part), datasets, kwargs.get("data_root") or settings.data_root)
         except ConfigError as e:
             errors.append(f"[{part.name}] {e}")
     if errors:
         raise ConfigError("\n".join(errors))
-    return [run_study(part, settings, **kwargs) for part in parts]
+    return [run_study(part, settings, datasets=datasets, **kwargs) for part in parts]
 
 
 def _best(study: optuna.Study) -> dict[str, Any]:

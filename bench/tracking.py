@@ -153,30 +153,28 @@ class Tracker:
 
     def parent_run(self, study: str, kind: str, spec: dict[str, Any]) -> str:
         """The grid/study's parent run: reused when resuming, created otherwise."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'",
-            max_results=1,
-        )
+        found = self._parents(study)
         if found:
-            run_id = found[0].info.run_id
+            run_id = found[0]
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         tags = {ROLE: "parent", STUDY: study, "bench.kind": kind, "mlflow.runName": f"{kind}:{study}"}
         tags.update(self._env_tags())
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{kind}:{study}")
         # Two workers starting together may both have created one: all keep the oldest.
-        parents = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'",
-            order_by=["attributes.start_time ASC"],
-        )
-        keep = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run.info.run_id
+        keep = self._parents(study)[0]
         if keep != run.info.run_id:
             self.client.delete_run(run.info.run_id)
             return keep
         self.client.log_text(run.info.run_id, yaml.safe_dump(spec, sort_keys=False), "study.yaml")
         return run.info.run_id
+
+    def _parents(self, study: str) -> list[str]:
+        """Run ids of the study's parent runs, oldest first (ties by run id)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'"
+        )
+        return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
 
     def end_parent(self, run_id: str, summary: dict[str, float], status: str = "FINISHED") -> None:
         from mlflow.entities import Metric

@@ -76,6 +76,30 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+NO_VAL_SPLIT = ("eval.select_on=val needs a validation split: set data.val_fraction > 0 "
+                "(or eval.select_on=test for paper parity)")
+
+
+def check_against_dataset(cfg: TrialConfig, ds: RetrievalDataset) -> list[str]:
+    """What in ``cfg`` this dataset cannot run (batch size vs split size, m-per-class,
+    selection split, Recall@K depth); studies call it on every cell before any trial."""
+    problems = []
+    try:
+        make_batches(ds.train.y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
+    except ValueError as e:
+        problems.append(str(e))
+    if cfg.eval.select_on == "val" and ds.val is None:
+        problems.append(NO_VAL_SPLIT)
+    ks = cfg.eval.ks or ds.recall_ks
+    for name, split in (("val", ds.val), ("test", ds.test)):
+        if split is None:
+            continue
+        refs = len(split.gallery) if split.gallery is not None else len(split) - 1
+        if max(ks) > refs:
+            problems.append(f"eval.ks reaches {max(ks)} but the {name} split has only {refs} references")
+    return problems
+
+
 def resolve_amp(choice: str, device: torch.device, image_backbone: bool) -> torch.dtype | None:
     """``train.amp``: auto = bf16 for an image backbone on CUDA, else none (fp32)."""
     if choice == "auto":
@@ -204,10 +228,7 @@ def run_trial(
         raise TrialFailed(f"dataset {ds.name!r} holds images; the image path needs model.backbone (e.g. resnet50, small_cnn)")
     ks = list(cfg.eval.ks or ds.recall_ks)
     if cfg.eval.select_on == "val" and ds.val is None:
-        raise TrialFailed(
-            "eval.select_on=val needs a validation split: set data.val_fraction > 0 "
-            "(or eval.select_on=test for paper parity)"
-        )
+        raise TrialFailed(NO_VAL_SPLIT)
 
     # Frozen backbone (Smooth Proxy-Anchor's setting): images -> cached backbone features,
     # computed once per backbone/weights/images/transform; from here on the features path.

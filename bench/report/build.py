@@ -18,13 +18,13 @@ ALPHA_KEYS = ("loss.alpha", "loss.base.alpha", "loss.scale", "loss.base.scale")
 DELTA_KEYS = ("loss.delta", "loss.base.delta")
 
 
-def load_trials(tracking_uri: str, experiment: str) -> pd.DataFrame:
+def load_trials(tracking_uri: str, experiment: str, client=None) -> pd.DataFrame:
     """Finished trial runs of ``experiment``: one row, columns ``params.*``, ``metrics.*``."""
     from mlflow import MlflowClient
 
     from bench.tracking import runs_frame
 
-    client = MlflowClient(prepare_tracking_uri(tracking_uri))
+    client = client or MlflowClient(prepare_tracking_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -207,17 +207,15 @@ def write_recall_tables(table: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def plot_convergence(tracking_uri: str, sel: pd.DataFrame, out: Path) -> list[Path]:
+def plot_convergence(client, sel: pd.DataFrame, out: Path) -> list[Path]:
     """Validation R@1 per epoch at each loss's selected cell (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from mlflow import MlflowClient
 
     from bench.tracking import CURVE
 
-    client = MlflowClient(tracking_uri)
     rows = []
     for r in sel.itertuples():
         for m in client.get_metric_history(r.run_id, f"{CURVE}val_recall_at_1"):
@@ -252,7 +250,10 @@ def build_report(tracking_uri: str, experiment: str, out: str | Path = "reports"
     """Write every figure the experiment's runs support into ``out``; return what was written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df = load_trials(tracking_uri, experiment)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(prepare_tracking_uri(tracking_uri))
+    df = load_trials(tracking_uri, experiment, client)
     if df.empty:
         raise LookupError(f"experiment {experiment!r} has no finished trial runs yet; run a grid first")
     written: list[Path] = []
@@ -275,7 +276,7 @@ def build_report(tracking_uri: str, experiment: str, out: str | Path = "reports"
     sel = selected_runs(df, chosen)
     rt = recall_table(sel)
     written += write_recall_tables(rt, out)
-    written += plot_convergence(tracking_uri, sel, out)
+    written += plot_convergence(client, sel, out)
     lines += [f"- [{p.name}]({p.name})" for p in written]
     lines += ["", "## Recall@K (%) at the selected cell", "", (out / "recall_at_k.md").read_text()]
     index = out / "index.md"
