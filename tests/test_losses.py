@@ -38,7 +38,7 @@ def proxy_anchor_oracle(sim, labels, alpha, delta):
 
 
 def smooth_oracle(sim, conf, alpha, delta, position, sharpness, threshold):
-    """DESIGN.md section 2's reading of Smooth Proxy-Anchor, literally."""
+    """Our reading of Smooth Proxy-Anchor (docs/losses.md), transcribed literally."""
     C = sim.shape[1]
     S = torch.sigmoid(sharpness * (conf.double() - position))
     positive = conf >= threshold

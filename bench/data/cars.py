@@ -1,4 +1,4 @@
-"""Cars-196 (Stanford Cars): first 98 classes train, last 98 test (DESIGN.md 3).
+"""Cars-196 (Stanford Cars): first 98 classes train, last 98 test (``docs/datasets.md``).
 
 Reads the all-in-one ``cars_annos.mat`` (struct array ``annotations`` with fields
 ``relative_im_path, bbox_x1, bbox_y1, bbox_x2, bbox_y2, class, test`` and the cell array

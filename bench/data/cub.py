@@ -1,4 +1,4 @@
-"""CUB-200-2011: 200 bird species, first 100 classes train, last 100 test (DESIGN.md 3).
+"""CUB-200-2011: 200 bird species, first 100 classes train, last 100 test (``docs/datasets.md``).
 
 The split is by class id, not CUB's own ``train_test_split.txt`` (that one is for
 classification, with every class on both sides). Classes ``1..C/2`` of ``classes.txt``

@@ -1,7 +1,8 @@
 """Proxy-based metric-learning losses, pair-based baselines, and their registry.
 
-Importing this package registers every loss config (``bench.config`` builds its
-discriminated union from :data:`LOSSES`).
+The registry and every loss's validated config are torch-free and imported eagerly
+(:mod:`bench.config` builds its discriminated union from :data:`LOSSES`); the loss
+modules themselves (torch) load on first use of one of their names.
 
 Optional trainer hooks a loss may define (the trainer calls them if present):
 ``begin_training(TrainingData) -> dict[str, float]`` once before epoch 1,
@@ -9,37 +10,46 @@ Optional trainer hooks a loss may define (the trainer calls them if present):
 ``begin_epoch(epoch)`` at the start of every epoch (1-based).
 """
 
-from bench.losses.confidence import ConfidenceConfig, ConfidenceModule, train_confidence_module
-from bench.losses.core import ProxyLoss, cosine_objective, log1p_sum_exp
-from bench.losses.proxy_anchor import ProxyAnchorConfig, ProxyAnchorLoss
-from bench.losses.proxy_nca import ProxyNCAConfig, ProxyNCALoss
-from bench.losses.smooth_proxy_anchor import SmoothProxyAnchorConfig, SmoothProxyAnchorLoss
-from bench.losses.hierarchical import HierarchicalConfig, HierarchicalProxyLoss  # noqa: E402 (needs the three above)
-from bench.losses.pair import MultiSimilarityConfig, PairLoss, TripletConfig
-from bench.losses.registry import LOSSES, LossConfigBase, TrainingData, build_loss, list_losses, register_loss
+from __future__ import annotations
 
-__all__ = [
-    "LOSSES",
-    "ConfidenceConfig",
-    "ConfidenceModule",
-    "HierarchicalConfig",
-    "HierarchicalProxyLoss",
-    "LossConfigBase",
-    "MultiSimilarityConfig",
-    "PairLoss",
-    "ProxyAnchorConfig",
-    "ProxyAnchorLoss",
-    "ProxyLoss",
-    "ProxyNCAConfig",
-    "ProxyNCALoss",
-    "SmoothProxyAnchorConfig",
-    "SmoothProxyAnchorLoss",
-    "TrainingData",
-    "TripletConfig",
-    "build_loss",
-    "cosine_objective",
-    "list_losses",
-    "log1p_sum_exp",
-    "register_loss",
-    "train_confidence_module",
-]
+import importlib
+from typing import Any
+
+from bench.losses.configs import (
+    ConfidenceConfig,
+    HierarchicalConfig,
+    LossConfigBase,
+    MultiSimilarityConfig,
+    ProxyAnchorConfig,
+    ProxyNCAConfig,
+    SmoothProxyAnchorConfig,
+    TripletConfig,
+)
+from bench.losses.registry import LOSSES, TrainingData, build_loss, list_losses, register_loss
+
+#: Names whose module imports torch: resolved on first access (PEP 562).
+_LAZY = {
+    "ConfidenceModule": "bench.losses.confidence",
+    "train_confidence_module": "bench.losses.confidence",
+    "ProxyLoss": "bench.losses.core",
+    "cosine_objective": "bench.losses.core",
+    "log1p_sum_exp": "bench.losses.core",
+    "ProxyAnchorLoss": "bench.losses.proxy_anchor",
+    "ProxyNCALoss": "bench.losses.proxy_nca",
+    "SmoothProxyAnchorLoss": "bench.losses.smooth_proxy_anchor",
+    "HierarchicalProxyLoss": "bench.losses.hierarchical",
+    "PairLoss": "bench.losses.pair",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bench.losses' has no attribute {name!r}")
+
+
+__all__ = sorted([
+    "LOSSES", "ConfidenceConfig", "HierarchicalConfig", "LossConfigBase", "MultiSimilarityConfig",
+    "ProxyAnchorConfig", "ProxyNCAConfig", "SmoothProxyAnchorConfig", "TrainingData", "TripletConfig",
+    "build_loss", "list_losses", "register_loss", *_LAZY,
+])

@@ -23,27 +23,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from bench.losses.configs import ConfidenceConfig
 from bench.losses.registry import TrainingData
-
-
-class ConfidenceConfig(BaseModel):
-    """Phase-1 settings (``loss.confidence.*``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    enabled: bool = Field(True, description="false: no phase 1, confidences = one-hot of the observed labels")
-    hidden_dim: int = Field(256, ge=0, description="MLP hidden width; 0 = linear head")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    # Calibrated on the synthetic set: lr 1e-3 x 40 epochs left it underconfident (true-class
-    # confidence < 0.5 for 86 % of clean samples, i.e. no positives in phase 2).
-    epochs: int = Field(60, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-4, ge=0)
-    holdout: float = Field(0.1, ge=0, lt=1, description="share held out to pick the epoch (noisy labels only); 0 = last epoch")
 
 
 class ConfidenceModule(nn.Module):

@@ -16,20 +16,15 @@ the max over children.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from bench.losses.configs import DEFAULT_WEIGHT, HierarchicalConfig, LossConfigBase
 from bench.losses.core import Objective, ProxyLoss, cosine_objective
-from bench.losses.proxy_anchor import ProxyAnchorConfig
-from bench.losses.proxy_nca import ProxyNCAConfig
-from bench.losses.registry import LOSSES, LossConfigBase, TrainingData, build_loss, register_loss
-from bench.losses.smooth_proxy_anchor import SmoothProxyAnchorConfig
-
-DEFAULT_WEIGHT = 0.1
+from bench.losses.registry import LOSSES, TrainingData, build_loss
 
 
 def spherical_kmeans(points: Tensor, k: int, seed: int = 0, niter: int = 20, nredo: int = 3) -> tuple[Tensor, Tensor]:
@@ -203,39 +198,10 @@ def _make_base(base: str | dict[str, Any] | LossConfigBase | ProxyLoss, num_clas
     return build_loss(base, num_classes, embedding_size)  # type: ignore[return-value]
 
 
-BaseLossConfig = Annotated[
-    Union[ProxyAnchorConfig, ProxyNCAConfig, SmoothProxyAnchorConfig], Field(discriminator="name")
-]
-
-
-class HierarchicalConfig(LossConfigBase):
-    name: Literal["hierarchical"] = "hierarchical"
-    base: BaseLossConfig = Field(default_factory=ProxyAnchorConfig, description="the wrapped proxy loss")  # type: ignore[valid-type]
-    hierarchy: Literal["kmeans", "given"] = Field(
-        "kmeans", description="level-1 parents: spherical k-means of the proxies, or the dataset's super-classes"
-    )
-    levels: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None,
-        description="proxies per upper level, bottom-up; null = one level of round(sqrt(C)) (kmeans) "
-        "or the dataset's parent count (given). With 'given', levels[0] must equal that count.",
-    )
-    weights: list[Annotated[float, Field(ge=0)]] | None = Field(
-        None, description=f"lambda per upper level; null = {DEFAULT_WEIGHT} each"
-    )
-    recluster_every: int = Field(1, ge=0, description="k-means refresh period in epochs; 0 = never")
-
-    @model_validator(mode="after")
-    def _lengths(self) -> "HierarchicalConfig":
-        n_levels = 1 if self.levels is None else len(self.levels)
-        if self.weights is not None and len(self.weights) != n_levels:
-            raise ValueError(f"weights needs one entry per upper level ({n_levels}), got {len(self.weights)}")
-        return self
-
-
-@register_loss("hierarchical", HierarchicalConfig)
-def _build(
+def build(
     cfg: HierarchicalConfig, num_classes: int, embedding_size: int, class_parents: np.ndarray | None = None, **_
 ) -> HierarchicalProxyLoss:
+    """Registry factory (``LOSSES["hierarchical"]``)."""
     levels = cfg.levels
     parents: list[np.ndarray] = []
     if cfg.hierarchy == "given":

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import Tensor
 
+from bench.losses.configs import ProxyAnchorConfig
 from bench.losses.core import ProxyLoss, proxy_anchor_objective
-from bench.losses.registry import LossConfigBase, register_loss
 
 
 class ProxyAnchorLoss(ProxyLoss):
@@ -35,12 +32,6 @@ class ProxyAnchorLoss(ProxyLoss):
         return f"{super().extra_repr()}, alpha={self.alpha}, delta={self.delta}"
 
 
-class ProxyAnchorConfig(LossConfigBase):
-    name: Literal["proxy_anchor"] = "proxy_anchor"
-    alpha: float = Field(32.0, gt=0, description="scale of the similarity (paper: 32)")
-    delta: float = Field(0.1, ge=0, lt=1, description="margin (paper: 0.1)")
-
-
-@register_loss("proxy_anchor", ProxyAnchorConfig)
-def _build(cfg: ProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> ProxyAnchorLoss:
+def build(cfg: ProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> ProxyAnchorLoss:
+    """Registry factory (``LOSSES["proxy_anchor"]``)."""
     return ProxyAnchorLoss(num_classes, embedding_size, alpha=cfg.alpha, delta=cfg.delta)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import Tensor
 
+from bench.losses.configs import ProxyNCAConfig
 from bench.losses.core import ProxyLoss, nca_objective
-from bench.losses.registry import LossConfigBase, register_loss
 
 
 class ProxyNCALoss(ProxyLoss):
@@ -39,12 +36,6 @@ class ProxyNCALoss(ProxyLoss):
         return f"{super().extra_repr()}, scale={self.scale}, include_positive={self.include_positive}"
 
 
-class ProxyNCAConfig(LossConfigBase):
-    name: Literal["proxy_nca"] = "proxy_nca"
-    scale: float = Field(32.0, gt=0, description="s' = scale * cosine; pml softmax_scale = scale / 2")
-    include_positive: bool = Field(False, description="positive proxy in the denominator (-log softmax, pml's form)")
-
-
-@register_loss("proxy_nca", ProxyNCAConfig)
-def _build(cfg: ProxyNCAConfig, num_classes: int, embedding_size: int, **_) -> ProxyNCALoss:
+def build(cfg: ProxyNCAConfig, num_classes: int, embedding_size: int, **_) -> ProxyNCALoss:
+    """Registry factory (``LOSSES["proxy_nca"]``)."""
     return ProxyNCALoss(num_classes, embedding_size, scale=cfg.scale, include_positive=cfg.include_positive)

@@ -4,39 +4,67 @@ Each loss registers a pydantic config class whose ``name`` field is a ``Literal`
 registry name; :mod:`bench.config` builds a discriminated union from all of them, so
 ``loss: {name: proxy_nca, scale: 8}`` is validated by the right class and an unknown name
 lists the allowed ones. ``build_loss`` is the only place a config becomes an ``nn.Module``.
+
+The built-in entries name their factory as ``"module:function"`` and are imported only
+when a loss is built: validating a config never imports torch. ``register_loss`` takes a
+callable for losses defined elsewhere.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict
-from torch import nn
+from bench.losses.configs import (
+    HierarchicalConfig,
+    LossConfigBase,
+    MultiSimilarityConfig,
+    ProxyAnchorConfig,
+    ProxyNCAConfig,
+    SmoothProxyAnchorConfig,
+    TripletConfig,
+)
 
-
-class LossConfigBase(BaseModel):
-    """Fields every loss config shares. Subclasses add ``name: Literal[...]`` and params."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
 
 
 @dataclass(frozen=True)
 class LossEntry:
     name: str
     config_cls: type[LossConfigBase]
-    factory: Callable[..., nn.Module]
+    factory: "Callable[..., nn.Module] | str"  # a callable, or "module:function" imported on first use
     kind: str  # "proxy" or "pair"
 
+    def build_fn(self) -> "Callable[..., nn.Module]":
+        if callable(self.factory):
+            return self.factory
+        module, fn = self.factory.split(":")
+        return getattr(importlib.import_module(module), fn)
 
-LOSSES: dict[str, LossEntry] = {}
+
+LOSSES: dict[str, LossEntry] = {
+    e.name: e
+    for e in (
+        LossEntry("proxy_anchor", ProxyAnchorConfig, "bench.losses.proxy_anchor:build", "proxy"),
+        LossEntry("proxy_nca", ProxyNCAConfig, "bench.losses.proxy_nca:build", "proxy"),
+        LossEntry("smooth_proxy_anchor", SmoothProxyAnchorConfig, "bench.losses.smooth_proxy_anchor:build", "proxy"),
+        LossEntry("hierarchical", HierarchicalConfig, "bench.losses.hierarchical:build", "proxy"),
+        LossEntry("multi_similarity", MultiSimilarityConfig, "bench.losses.pair:build_multi_similarity", "pair"),
+        LossEntry("triplet", TripletConfig, "bench.losses.pair:build_triplet", "pair"),
+    )
+}
 
 
 def register_loss(name: str, config_cls: type[LossConfigBase], kind: str = "proxy"):
-    """Decorator: ``factory(cfg, num_classes, embedding_size, class_parents=None) -> nn.Module``."""
+    """Decorator: ``factory(cfg, num_classes, embedding_size, class_parents=None) -> nn.Module``.
 
-    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    Register before :mod:`bench.config` is imported: its union of loss configs is built once.
+    """
+
+    def deco(factory: "Callable[..., nn.Module]") -> "Callable[..., nn.Module]":
         LOSSES[name] = LossEntry(name, config_cls, factory, kind)
         return factory
 
@@ -51,8 +79,8 @@ def build_loss(
     cfg: LossConfigBase | dict[str, Any],
     num_classes: int,
     embedding_size: int,
-    class_parents: np.ndarray | None = None,
-) -> nn.Module:
+    class_parents: "np.ndarray | None" = None,
+) -> "nn.Module":
     """Instantiate the loss a config names.
 
     ``class_parents``: parent label of each training class (the dataset's hierarchy), used
@@ -64,7 +92,7 @@ def build_loss(
             raise KeyError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
         cfg = LOSSES[name].config_cls.model_validate(cfg)
     entry = LOSSES[cfg.name]  # type: ignore[attr-defined]
-    return entry.factory(cfg, num_classes, embedding_size, class_parents=class_parents)
+    return entry.build_fn()(cfg, num_classes, embedding_size, class_parents=class_parents)
 
 
 @dataclass
@@ -80,6 +108,6 @@ class TrainingData:
     inputs: Any
     labels: Any  # torch.LongTensor (N,), the observed (possibly noisy) labels
     clean_labels: Any | None  # torch.LongTensor (N,) when the dataset knows them
-    class_parents: np.ndarray | None  # parent label of each training class
+    class_parents: "np.ndarray | None"  # parent label of each training class
     device: Any
     seed: int = 0

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
-from bench.losses.confidence import ConfidenceConfig, ConfidenceModule, predict, train_confidence_module
+from bench.losses.confidence import ConfidenceModule, predict, train_confidence_module
+from bench.losses.configs import ConfidenceConfig, SmoothProxyAnchorConfig
 from bench.losses.core import ProxyLoss, anchor_objective, proxy_anchor_objective
-from bench.losses.registry import LossConfigBase, TrainingData, register_loss
+from bench.losses.registry import TrainingData
 
 
 class SmoothProxyAnchorLoss(ProxyLoss):
     """Proxy-Anchor with confidence-weighted, relabelled positives, for noisy labels.
 
     This is **a reading** of the paper (arXiv 2006.05142): its exact equations are not
-    public in any form we could read. The reading (DESIGN.md section 2):
+    public in any form we could read. The reading (``docs/losses.md``):
 
     * confidences ``c(x, p) in [0, 1]`` (B, C) come from a confidence module trained in
       phase 1 (:mod:`bench.losses.confidence`); ``None`` means one-hot of the labels;
@@ -119,18 +117,8 @@ class SmoothProxyAnchorLoss(ProxyLoss):
         )
 
 
-class SmoothProxyAnchorConfig(LossConfigBase):
-    name: Literal["smooth_proxy_anchor"] = "smooth_proxy_anchor"
-    alpha: float = Field(32.0, gt=0, description="scale of the similarity")
-    delta: float = Field(0.1, ge=0, lt=1, description="margin")
-    position: float = Field(0.5, ge=0, le=1, description="confidence where S(c) = 1/2")
-    sharpness: float = Field(10.0, gt=0, description="slope of S(c) = sigmoid(sharpness (c - position))")
-    threshold: float = Field(0.5, gt=0, le=1, description="x is a positive of p iff c(x,p) >= threshold")
-    confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig, description="phase-1 confidence module")
-
-
-@register_loss("smooth_proxy_anchor", SmoothProxyAnchorConfig)
-def _build(cfg: SmoothProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> SmoothProxyAnchorLoss:
+def build(cfg: SmoothProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> SmoothProxyAnchorLoss:
+    """Registry factory (``LOSSES["smooth_proxy_anchor"]``)."""
     return SmoothProxyAnchorLoss(
         num_classes,
         embedding_size,

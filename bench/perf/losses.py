@@ -3,7 +3,7 @@
 ``python -m bench.perf losses`` (or ``python -m bench.perf.losses``). Prints a Markdown
 table per class count: median milliseconds of ``loss(x, y).backward()`` (embeddings and
 proxies both need gradients), each loss's ratio to the GEMM floor and to pml's
-Proxy-Anchor, and the targets of issue #3. The floor is the three B x D x C matmuls any
+Proxy-Anchor, and the speed targets. The floor is the three B x D x C matmuls any
 proxy loss needs (``x p^T`` forward, ``G p`` and ``G^T x`` backward), timed on this
 machine. Losses run round-robin inside each repeat, so a noisy neighbour slows all alike.
 """
@@ -21,7 +21,7 @@ from pytorch_metric_learning import losses as pml
 from bench.losses import HierarchicalProxyLoss, ProxyAnchorLoss, ProxyNCALoss, SmoothProxyAnchorLoss
 
 Step = Callable[[], None]
-TARGET_CLASSES = 10_000  # issue #3 sets its ratio targets at C = 11,318 (SOP)
+TARGET_CLASSES = 10_000  # the ratio targets are set at C = 11,318 (SOP), GEMM-bound
 
 
 def _sync(device: torch.device) -> None:
