@@ -40,6 +40,8 @@ from bench.data.samplers import make_batches
 from bench.losses import build_loss
 from bench.losses.registry import TrainingData
 from bench.metrics import retrieval_metrics
+from bench.preflight import NO_VAL_SPLIT, check_against_dataset  # noqa: F401 (re-exported)
+from bench.selection import better, score_name
 from bench.models import create_model, freeze_batchnorm
 from bench.models.cache import decode_short_side, frozen_features, image_size, resolve_workers
 
@@ -74,30 +76,6 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
-
-
-NO_VAL_SPLIT = ("eval.select_on=val needs a validation split: set data.val_fraction > 0 "
-                "(or eval.select_on=test for paper parity)")
-
-
-def check_against_dataset(cfg: TrialConfig, ds: RetrievalDataset) -> list[str]:
-    """What in ``cfg`` this dataset cannot run (batch size vs split size, m-per-class,
-    selection split, Recall@K depth); studies call it on every cell before any trial."""
-    problems = []
-    try:
-        make_batches(ds.train.y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
-    except ValueError as e:
-        problems.append(str(e))
-    if cfg.eval.select_on == "val" and ds.val is None:
-        problems.append(NO_VAL_SPLIT)
-    ks = cfg.eval.ks or ds.recall_ks
-    for name, split in (("val", ds.val), ("test", ds.test)):
-        if split is None:
-            continue
-        refs = len(split.gallery) if split.gallery is not None else len(split) - 1
-        if max(ks) > refs:
-            problems.append(f"eval.ks reaches {max(ks)} but the {name} split has only {refs} references")
-    return problems
 
 
 def resolve_amp(choice: str, device: torch.device, image_backbone: bool) -> torch.dtype | None:
@@ -346,8 +324,8 @@ def run_trial(
             row.update({f"val_{k}": v for k, v in evaluate(model, ds.val, val_x, val_g, ks).items()})
         if select_split == "test":
             row.update({f"test_{k}": v for k, v in evaluate(model, ds.test, test_x, test_g, ks).items()})
-        score = row[f"{select_split}_recall_at_1"]
-        if score > best[0]:
+        score = row[score_name(select_split)]
+        if better(score, best[0]):
             best = (score, epoch, copy.deepcopy(model.state_dict()))
         history.append(row)
         for cb in callbacks:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.selection import group_scores, score_name, select_cell
 from bench.tracking import ROLE, prepare_tracking_uri
 
 ALPHA_KEYS = ("loss.alpha", "loss.base.alpha", "loss.scale", "loss.base.scale")
@@ -50,12 +51,6 @@ def _cell(row: pd.Series) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-def _cell_order(cell: str) -> tuple:
-    """Numeric-aware order of cells (alpha 4 before 32), the tie-break everywhere."""
-    return tuple((k, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)))
-                 for k, v in sorted(json.loads(cell).items()))
-
-
 def with_panels(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``panel`` (one per loss; split by study and dataset when several share a loss,
     so runs of different setups are never pooled as if they were seeds) and ``cell``."""
@@ -87,9 +82,8 @@ def choose_cells(df: pd.DataFrame) -> dict[str, str]:
     ``select_on: test`` runs, paper parity); ties go to the first cell in numeric order."""
     chosen = {}
     for panel, g in df.groupby("panel"):
-        means = g.groupby("cell")[f"metrics.{_selection_metric(g)}_recall_at_1"].mean()
-        best = means.max()
-        chosen[panel] = min((c for c, m in means.items() if m == best), key=_cell_order)
+        col = f"metrics.{score_name(_selection_metric(g))}"
+        chosen[panel] = select_cell(group_scores(zip(g["cell"], g[col].astype(float))))
     return chosen
 
 
