@@ -266,7 +266,7 @@ def test_study_resume_counts_pruned_trials(stores, monkeypatch):
     settings, _ = stores
     spec = StudySpec(experiment="pr", kind="study", n_trials=3, sampler="random",
                      space={"loss.alpha": {"uniform": [8, 64]}})
-    import bench.studies as st
+    import bench.studies.runner as st
 
     real = st.run_trial
 

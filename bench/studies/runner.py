@@ -8,137 +8,21 @@ picked at once runs once: the later trial yields (pruned, ``duplicate_of`` set).
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.config import ConfigError, Settings, TrialConfig, merge, resolve_trial
+from bench.config import ConfigError, Settings, merge, resolve_trial
+from bench.selection import DEFAULT_REPEAT_AXES, cell_of, select_cell
+from bench.studies.spec import StudySpec, check_suite, preflight, validate_cells
 from bench.train import TrialFailed, run_trial
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class Variant(BaseModel):
-    """One arm of a multi-variant study file: its own trial overrides and grid/space."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    trial: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-
-class StudySpec(BaseModel):
-    """A file in ``studies/``: an experiment, trial overrides, and a grid or a search space.
-
-    ``variants`` (optional) runs several grids/studies into one MLflow experiment, e.g. the
-    alpha x delta grid once per loss, so one report compares them; each variant is its own
-    Optuna study (``<experiment>.<variant>``) and parent run.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    experiment: str = Field(..., min_length=1, description="MLflow experiment (and default Optuna study) name")
-    study_name: str | None = Field(None, description="Optuna study / parent run name; default: experiment")
-    kind: Literal["grid", "study"] = "grid"
-    description: str = ""
-    trial: dict[str, Any] = Field(default_factory=dict, description="nested overrides of bench.yaml's trial")
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="applied last, over every variant's trial (the command line's --set)"
-    )
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
-    space: dict[str, dict[str, Any]] = Field(default_factory=dict, description="dotted key -> distribution")
-    n_trials: int = Field(20, ge=1)
-    sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    seed: int = 0
-    variants: dict[str, Variant] = Field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.study_name or self.experiment
-
-    def expand(self) -> list["StudySpec"]:
-        """One spec per variant (trial overrides merged, grid/space extended); or [self]."""
-        if not self.variants:
-            return [self]
-        out = []
-        for vname, v in self.variants.items():
-            d = self.model_dump()
-            d.update(study_name=f"{self.name}.{vname}", variants={}, trial=merge(self.trial, v.trial),
-                     grid={**self.grid, **v.grid}, space={**self.space, **v.space}, overrides=self.overrides)
-            out.append(StudySpec.model_validate(d))
-        return out
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, g: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for k, v in g.items():
-            if not isinstance(v, list) or not v:
-                raise ValueError(f"grid.{k}: needs a non-empty list of values")
-            if any(not isinstance(x, (str, int, float, bool)) or x is None for x in v):
-                raise ValueError(f"grid.{k}: values must be numbers, strings or booleans")
-            if len(set(map(repr, v))) != len(v):
-                raise ValueError(f"grid.{k}: has repeated values")
-        return g
-
-    @field_validator("space")
-    @classmethod
-    def _space(cls, s: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for k, d in s.items():
-            if len(d) != 1 or next(iter(d)) not in DISTRIBUTIONS:
-                raise ValueError(f"space.{k}: give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{log_uniform: [4, 128]}}")
-            kind, arg = next(iter(d.items()))
-            if kind == "choice":
-                if not isinstance(arg, list) or not arg:
-                    raise ValueError(f"space.{k}.choice: needs a non-empty list")
-            elif not (isinstance(arg, list) and len(arg) == 2 and arg[0] < arg[1]):
-                raise ValueError(f"space.{k}.{kind}: needs [low, high] with low < high")
-            elif kind == "log_uniform" and arg[0] <= 0:
-                raise ValueError(f"space.{k}.log_uniform: low must be > 0")
-        return s
-
-    @model_validator(mode="after")
-    def _kind(self) -> "StudySpec":
-        if self.variants:
-            return self  # each variant is checked when expanded
-        if self.kind == "grid" and not self.grid:
-            raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
-        if self.kind == "study" and not self.space:
-            raise ValueError("kind: study needs a 'space:' mapping of dotted keys to distributions")
-        return self
-
-    def effective_trial(self) -> dict[str, Any]:
-        """The trial overrides a run applies: the file's ``trial`` then ``overrides``."""
-        return merge(self.trial, self.overrides)
-
-    def cells(self) -> list[dict[str, Any]]:
-        keys = list(self.grid)
-        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
-
-
-DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
-
-
-def load_spec(path: str | Path) -> StudySpec:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"study file {p} does not exist")
-    raw = yaml.safe_load(p.read_text()) or {}
-    try:
-        return StudySpec.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"invalid study file {p}:\n  " + "\n  ".join(lines)) from None
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -182,51 +66,6 @@ class StudyOutcome:
     parent_run_id: str = ""
 
 
-def _validate_all(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
-    """Resolve every grid cell (or the space's corners) before any trial starts."""
-    errors, cfgs = [], []
-    probes = spec.cells() if spec.kind == "grid" else _space_probes(spec.space)
-    for cell in probes:
-        try:
-            cfgs.append(resolve_trial(settings.trial, spec.effective_trial(), dotted=cell))
-        except ConfigError as e:
-            errors.append(f"cell {cell}: {e}")
-    if errors:
-        shown = errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else [])
-        raise ConfigError("\n".join(shown))
-    return cfgs
-
-
-def _preflight(cfgs: list[TrialConfig], datasets: dict[str, Any], data_root: str | None) -> None:
-    """Load each distinct dataset once and check every config against it
-    (:func:`bench.train.check_against_dataset`), so such mistakes fail before any trial."""
-    from bench.data import create_dataset
-    from bench.train import check_against_dataset
-
-    errors = []
-    for cfg in cfgs:
-        key = cfg.data.model_dump_json()
-        if key not in datasets:
-            datasets[key] = create_dataset(cfg.data, data_root)
-        errors += check_against_dataset(cfg, datasets[key])
-    if errors:
-        raise ConfigError("\n".join(dict.fromkeys(errors)))
-
-
-def _space_probes(space: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Configs that cover every value a search can draw at its edges: each ``choice``
-    value and both ends of each range, the other keys at their low end."""
-    def values(dist: dict[str, Any]) -> list[Any]:
-        kind, arg = next(iter(dist.items()))
-        return list(arg) if kind == "choice" else [arg[0], arg[1]]
-
-    low = {k: values(d)[0] for k, d in space.items()}
-    probes = [low]
-    for k, d in space.items():
-        probes += [{**low, k: v} for v in values(d)[1:]]
-    return probes
-
-
 def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
     kind, arg = next(iter(dist.items()))
     if kind == "uniform":
@@ -238,7 +77,14 @@ def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
     return trial.suggest_categorical(key, arg)
 
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+@lru_cache(maxsize=None)
+def _worker_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}"
+
+
+def worker_id() -> str:
+    """``host:pid`` of this worker process (read when asked, not at import: forks differ)."""
+    return _worker_id(os.getpid())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -322,8 +168,9 @@ def run_study(
 
     if spec.variants:
         raise ValueError("a study file with variants runs through run_suite()")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar says what matters
     datasets = {} if datasets is None else datasets
-    _preflight(_validate_all(settings, spec), datasets, data_root or settings.data_root)
+    preflight(validate_cells(settings, spec), datasets, data_root or settings.data_root)
     tracking_uri = tracking_uri or settings.tracking_uri
     storage_url = storage or settings.storage
     optuna_storage = make_storage(storage_url)
@@ -390,7 +237,7 @@ def run_study(
                 raise optuna.TrialPruned(f"cell already taken by trial {dup}")
         else:
             cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("worker", worker_id())
         try:
             cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
         except ConfigError as e:  # a drawn value the preflight could not foresee
@@ -452,30 +299,29 @@ def run_study(
     return StudyOutcome(spec.name, counts["completed"], counts["failed"], already, best, parent)
 
 
-def run_suite(spec: StudySpec, settings: Settings, **kwargs: Any) -> list[StudyOutcome]:
+def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | None = None,
+              **kwargs: Any) -> list[StudyOutcome]:
     """Every variant of a study file, in order; all of them validated before the first runs."""
-    parts = spec.expand()
-    datasets: dict[str, Any] = {}  # loaded once here, reused by every run_study below
-    errors = []
-    for part in parts:
-        try:
-            _preflight(_validate_all(settings, part), datasets, kwargs.get("data_root") or settings.data_root)
-        except ConfigError as e:
-            errors.append(f"[{part.name}] {e}")
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return [run_study(part, settings, datasets=datasets, **kwargs) for part in parts]
+    datasets = check_suite(spec, settings, kwargs.get("data_root"), datasets)  # each dataset loaded once
+    return [run_study(part, settings, datasets=datasets, **kwargs) for part in spec.expand()]
 
 
-def _best(study: optuna.Study) -> dict[str, Any]:
+def _best(study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXES) -> dict[str, Any]:
+    """The selected cell of the study's complete trials (:mod:`bench.selection`'s rule):
+    its params, mean selection score ``value`` and mean test R@1 over its repeats."""
     TS = optuna.trial.TrialState
     done = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
-    if not done:
+    by_cell = {}
+    for t in done:
+        by_cell.setdefault(cell_of(t.params, repeat_axes), []).append(t)
+    cell = select_cell({c: [t.value for t in ts] for c, ts in by_cell.items()})
+    if cell is None:
         return {}
-    t = max(done, key=lambda t: t.value if t.value is not None else -math.inf)
-    return {"number": t.number, "params": t.params, "value": t.value,
-            "test_recall_at_1": t.user_attrs.get("test_recall_at_1", float("nan")),
-            "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+    ts = by_cell[cell]
+    tests = [t.user_attrs.get("test_recall_at_1", float("nan")) for t in ts]
+    return {"number": ts[0].number, "params": json.loads(cell), "value": sum(t.value for t in ts) / len(ts),
+            "test_recall_at_1": sum(tests) / len(tests), "repeats": len(ts),
+            "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
 
 
 def _refresh_bar(bar, study: optuna.Study) -> None:

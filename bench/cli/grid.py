@@ -1,0 +1,43 @@
+"""``bench grid FILE`` / ``bench study FILE``: run or resume a study file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.cli.common import add_store_options, parse_sets, settings_from
+
+
+def register(sub) -> None:
+    for kind in ("grid", "study"):
+        g = sub.add_parser(kind, help=f"run or resume a {kind} from a study file", description=__doc__)
+        g.add_argument("file", help="study YAML, e.g. studies/demo.yaml")
+        g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a trial key for every trial")
+        g.add_argument("--retry-failed", action="store_true", help="re-run cells that failed before")
+        g.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_store_options(g)
+        g.set_defaults(fn=lambda a, k=kind: run(a, k))
+
+
+def run(args: argparse.Namespace, kind: str) -> int:
+    from bench.config import ConfigError, set_dotted
+    from bench.studies import load_spec
+
+    s = settings_from(args)
+    spec = load_spec(args.file)
+    if spec.kind != kind:
+        raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
+    for k, v in parse_sets(args.set).items():  # applied last, over every variant's own trial settings
+        set_dotted(spec.overrides, k, v)
+    from bench.studies.spec import check_suite
+
+    datasets = check_suite(spec, s)  # every cell against its dataset, before the runner's imports
+    from bench.studies import run_suite
+
+    outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress, datasets=datasets)
+    rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
+             "already_done": o.skipped, "best": o.best} for o in outs]
+    print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2, default=str))
+    print(f"experiment {spec.experiment!r}: bench report --experiment {spec.experiment}", file=sys.stderr)
+    return 0

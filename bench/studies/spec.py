@@ -1,0 +1,193 @@
+"""Study files (``studies/*.yaml``): what a grid or study is, validated before any work.
+
+Torch-, Optuna- and MLflow-free, so a bad study file fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.config import ConfigError, Settings, TrialConfig, merge, resolve_trial
+
+
+class Variant(BaseModel):
+    """One arm of a multi-variant study file: its own trial overrides and grid/space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trial: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class StudySpec(BaseModel):
+    """A file in ``studies/``: an experiment, trial overrides, and a grid or a search space.
+
+    ``variants`` (optional) runs several grids/studies into one MLflow experiment, e.g. the
+    alpha x delta grid once per loss, so one report compares them; each variant is its own
+    Optuna study (``<experiment>.<variant>``) and parent run.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = Field(..., min_length=1, description="MLflow experiment (and default Optuna study) name")
+    study_name: str | None = Field(None, description="Optuna study / parent run name; default: experiment")
+    kind: Literal["grid", "study"] = "grid"
+    description: str = ""
+    trial: dict[str, Any] = Field(default_factory=dict, description="nested overrides of bench.yaml's trial")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="applied last, over every variant's trial (the command line's --set)"
+    )
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict, description="dotted key -> distribution")
+    n_trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+    variants: dict[str, Variant] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.study_name or self.experiment
+
+    def expand(self) -> list["StudySpec"]:
+        """One spec per variant (trial overrides merged, grid/space extended); or [self]."""
+        if not self.variants:
+            return [self]
+        out = []
+        for vname, v in self.variants.items():
+            d = self.model_dump()
+            d.update(study_name=f"{self.name}.{vname}", variants={}, trial=merge(self.trial, v.trial),
+                     grid={**self.grid, **v.grid}, space={**self.space, **v.space}, overrides=self.overrides)
+            out.append(StudySpec.model_validate(d))
+        return out
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, g: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, v in g.items():
+            if not isinstance(v, list) or not v:
+                raise ValueError(f"grid.{k}: needs a non-empty list of values")
+            if any(not isinstance(x, (str, int, float, bool)) or x is None for x in v):
+                raise ValueError(f"grid.{k}: values must be numbers, strings or booleans")
+            if len(set(map(repr, v))) != len(v):
+                raise ValueError(f"grid.{k}: has repeated values")
+        return g
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, s: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for k, d in s.items():
+            if len(d) != 1 or next(iter(d)) not in DISTRIBUTIONS:
+                raise ValueError(f"space.{k}: give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{log_uniform: [4, 128]}}")
+            kind, arg = next(iter(d.items()))
+            if kind == "choice":
+                if not isinstance(arg, list) or not arg:
+                    raise ValueError(f"space.{k}.choice: needs a non-empty list")
+            elif not (isinstance(arg, list) and len(arg) == 2 and arg[0] < arg[1]):
+                raise ValueError(f"space.{k}.{kind}: needs [low, high] with low < high")
+            elif kind == "log_uniform" and arg[0] <= 0:
+                raise ValueError(f"space.{k}.log_uniform: low must be > 0")
+        return s
+
+    @model_validator(mode="after")
+    def _kind(self) -> "StudySpec":
+        if self.variants:
+            return self  # each variant is checked when expanded
+        if self.kind == "grid" and not self.grid:
+            raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
+        if self.kind == "study" and not self.space:
+            raise ValueError("kind: study needs a 'space:' mapping of dotted keys to distributions")
+        return self
+
+    def effective_trial(self) -> dict[str, Any]:
+        """The trial overrides a run applies: the file's ``trial`` then ``overrides``."""
+        return merge(self.trial, self.overrides)
+
+    def cells(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+
+
+DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"study file {p} does not exist")
+    raw = yaml.safe_load(p.read_text()) or {}
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid study file {p}:\n  " + "\n  ".join(lines)) from None
+
+
+def validate_cells(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
+    """Resolve every grid cell (or the space's corners) before any trial starts; raise
+    :class:`ConfigError` naming up to five bad cells."""
+    errors, cfgs = [], []
+    probes = spec.cells() if spec.kind == "grid" else _space_probes(spec.space)
+    for cell in probes:
+        try:
+            cfgs.append(resolve_trial(settings.trial, spec.effective_trial(), dotted=cell))
+        except ConfigError as e:
+            errors.append(f"cell {cell}: {e}")
+    if errors:
+        shown = errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else [])
+        raise ConfigError("\n".join(shown))
+    return cfgs
+
+
+def preflight(cfgs: list[TrialConfig], datasets: dict[str, Any], data_root: str | None) -> None:
+    """Load each distinct dataset once and check every config against it
+    (:func:`bench.preflight.check_against_dataset`), so such mistakes fail before any trial."""
+    from bench.data import create_dataset
+    from bench.preflight import check_against_dataset
+
+    errors = []
+    for cfg in cfgs:
+        key = cfg.data.model_dump_json()
+        if key not in datasets:
+            datasets[key] = create_dataset(cfg.data, data_root)
+        errors += check_against_dataset(cfg, datasets[key])
+    if errors:
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
+
+
+def check_suite(spec: StudySpec, settings: Settings, data_root: str | None = None,
+                datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every variant of ``spec`` validated and checked against its datasets; one
+    :class:`ConfigError` listing every problem. Returns the loaded datasets (data config
+    JSON -> dataset) for the runner to reuse."""
+    datasets = {} if datasets is None else datasets
+    errors = []
+    parts = spec.expand()
+    for part in parts:
+        try:
+            preflight(validate_cells(settings, part), datasets, data_root or settings.data_root)
+        except ConfigError as e:
+            errors.append(f"[{part.name}] {e}" if len(parts) > 1 or spec.variants else str(e))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return datasets
+
+
+def _space_probes(space: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Configs that cover every value a search can draw at its edges: each ``choice``
+    value and both ends of each range, the other keys at their low end."""
+    def values(dist: dict[str, Any]) -> list[Any]:
+        kind, arg = next(iter(dist.items()))
+        return list(arg) if kind == "choice" else [arg[0], arg[1]]
+
+    low = {k: values(d)[0] for k, d in space.items()}
+    probes = [low]
+    for k, d in space.items():
+        probes += [{**low, k: v} for v in values(d)[1:]]
+    return probes
