@@ -182,6 +182,7 @@ class Settings(_Strict):
     artifact_root: str = "mlruns/artifacts"
     storage: str = "sqlite:///studies/optuna.db"
     data_root: str = "~/datasets"
+    ui_url: str | None = Field(None, description="MLflow UI address reports link run ids into, e.g. http://127.0.0.1:5000")
     trial: dict[str, Any] = Field(default_factory=dict)
 
 

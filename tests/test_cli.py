@@ -69,8 +69,8 @@ def test_grid_then_report_from_cli(workdir, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["completed_now"] == 2 and res["best"]["params"]
     assert main(["report", "--experiment", "cli-grid", "--out", "rep"]) == 0
-    assert (workdir / "rep" / "heatmap_alpha_delta.png").exists()
-    assert (workdir / "rep" / "index.md").read_text().count("| proxy_anchor |") == 1
+    assert (workdir / "rep" / "r1_vs_alpha.png").exists()  # delta took one value: a line over alpha
+    assert (workdir / "rep" / "index.md").read_text().count("| Proxy-Anchor | cli-grid |") == 1
 
 
 def test_console_entry_points():

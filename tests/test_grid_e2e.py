@@ -73,7 +73,7 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
     table = pd.read_csv(csv)
     assert len(table) == 4
     for r in table.itertuples():
-        m = runs[(runs["params.loss.alpha"].astype(float) == r.alpha) & (runs["params.loss.delta"].astype(float) == r.delta)]
+        m = runs[(runs["params.loss.alpha"].astype(float) == r.x) & (runs["params.loss.delta"].astype(float) == r.y)]
         assert r.test_r1 == pytest.approx(m["metrics.test_recall_at_1"].iloc[0], abs=1e-6)
         assert r.val_r1 == pytest.approx(m["metrics.val_recall_at_1"].iloc[0], abs=1e-6)
     sel = table[table.selected]
@@ -81,14 +81,14 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
     assert res["runs"] == 4
     # Recall@K table at the selected cell, and the convergence curves, from the store too.
     rk = pd.read_csv(tmp / "reports" / "recall_at_k.csv")
-    best_run = runs[(runs["params.loss.alpha"].astype(float) == sel.alpha.iloc[0])
-                    & (runs["params.loss.delta"].astype(float) == sel.delta.iloc[0])].iloc[0]
+    best_run = runs[(runs["params.loss.alpha"].astype(float) == sel.x.iloc[0])
+                    & (runs["params.loss.delta"].astype(float) == sel.y.iloc[0])].iloc[0]
     for k in (1, 2, 4):
-        assert rk[f"R@{k}"].iloc[0] == pytest.approx(best_run[f"metrics.test_recall_at_{k}"])
+        assert rk[rk.k == k]["mean"].iloc[0] == pytest.approx(best_run[f"metrics.test_recall_at_{k}"])
     assert f"**{100 * best_run['metrics.test_recall_at_1']:.1f}**" in (tmp / "reports" / "recall_at_k.md").read_text()
     assert r"\textbf{" in (tmp / "reports" / "recall_at_k.tex").read_text()
     conv = pd.read_csv(tmp / "reports" / "convergence.csv")
-    assert sorted(conv.epoch) == [1, 2, 3] and conv.val_r1.max() == pytest.approx(best_run["metrics.val_recall_at_1"])
+    assert sorted(conv.epoch) == [1, 2, 3] and conv["mean"].max() == pytest.approx(best_run["metrics.val_recall_at_1"])
 
     # Resume: the same command runs nothing new.
     again = run_study(spec, settings, progress=False)
@@ -191,10 +191,12 @@ def test_variants_share_one_experiment_and_report_one_panel_per_loss(stores):
     runs = child_runs(settings, "per-loss")
     assert len(runs) == 5 and runs["tags.mlflow.parentRunId"].nunique() == 3
     build_report(settings.tracking_uri, "per-loss", tmp / "rep")
-    table = pd.read_csv(tmp / "rep" / "heatmap_alpha_delta.csv")
-    assert set(table.loss) == {"proxy_anchor", "hierarchical(proxy_anchor)", "proxy_nca"}
-    assert table.groupby("loss").selected.sum().eq(1).all()
-    assert set(table[table.loss == "hierarchical(proxy_anchor)"].alpha_key) == {"loss.base.alpha"}
+    table = pd.read_csv(tmp / "rep" / "r1_vs_alpha.csv")  # one axis per study: a line each
+    assert set(table.label) == {"Proxy-Anchor", "Hierarchical Proxy-Anchor"}
+    assert table.groupby("label").selected.sum().eq(1).all()
+    assert set(table[table.label == "Hierarchical Proxy-Anchor"].x_key) == {"loss.base.alpha"}
+    assert set(pd.read_csv(tmp / "rep" / "recall_at_k.csv").label) == {"Proxy-Anchor", "Hierarchical Proxy-Anchor",
+                                                                       "Proxy-NCA"}
 
 
 def test_a_bad_variant_stops_the_whole_suite_before_any_trial(stores):

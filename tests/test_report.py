@@ -1,46 +1,34 @@
-"""Report selection rules on hand-made run tables (no training needed)."""
+"""One selection rule everywhere in the report: the heatmap's box, the Recall@K table and
+the study's own choice name the same cell (hand-made runs, no training)."""
 
 import json
 
-import pandas as pd
+from report_helpers import run, runset
 
-from bench.report.build import choose_cells, heatmap_table, recall_table, selected_runs, with_panels
-
-
-def runs(rows):
-    out = []
-    for i, (study, loss, alpha, delta, seed, val, test, extra) in enumerate(rows):
-        cell = {"loss.alpha": alpha, "loss.delta": delta, "train.seed": seed}
-        out.append({"run_id": f"r{i}", "tags.bench.study": study, "params.loss.name": loss,
-                    "params.loss.alpha": str(alpha), "params.loss.delta": str(delta),
-                    "params.data.name": extra.get("data", "synthetic"), "tags.bench.selection": "val",
-                    "tags.bench.cell": json.dumps(cell), "metrics.val_recall_at_1": val,
-                    "metrics.test_recall_at_1": test, "metrics.test_recall_at_2": test + 0.1})
-    return with_panels(pd.DataFrame(out))
+from bench.report.axes import plan_axes
+from bench.report.figures.heatmap import panel_table
+from bench.report.figures.recall import recall_table
+from bench.selection import select_cell
 
 
-def test_ties_pick_the_same_cell_in_heatmap_and_table():
-    df = runs([("s", "proxy_anchor", 32, 0.0, 0, 0.9, 0.5, {}),
-               ("s", "proxy_anchor", 4, 0.0, 0, 0.9, 0.7, {}),   # tie on val: 4 < 32 numerically
-               ("s", "proxy_anchor", 8, 0.1, 0, 0.8, 0.9, {})])
-    chosen = choose_cells(df)
-    table = heatmap_table(df, chosen)
-    assert table[table.selected].alpha.tolist() == [4.0]
-    assert recall_table(selected_runs(df, chosen))["R@1"].tolist() == [0.7]
+def test_ties_pick_the_same_cell_in_heatmap_table_and_selection_rule():
+    rows = [run("s", {"loss.alpha": 32, "loss.delta": 0.0}, test=0.5, val=0.9),
+            run("s", {"loss.alpha": 4, "loss.delta": 0.0}, test=0.7, val=0.9),  # tie on val: 4 < 32 numerically
+            run("s", {"loss.alpha": 8, "loss.delta": 0.1}, test=0.9, val=0.8),
+            run("s", {"loss.alpha": 8, "loss.delta": 0.0}, test=0.6, val=0.6)]
+    rs = runset(rows)
+    expected = select_cell({json.dumps(json.loads(r["tags.bench.cell"]), sort_keys=True): [r["metrics.val_recall_at_1"]]
+                            for r in rows})
+    assert json.loads(expected) == {"loss.alpha": 4, "loss.delta": 0.0}
+    assert rs.studies["exp/s"].selected == expected
+    (plan,), _ = plan_axes(rs)
+    t = panel_table(plan, {})
+    assert t[t["selected"]][["x", "y"]].values.tolist() == [[4, 0.0]]
+    rt = recall_table(rs)
+    assert rt[rt["k"] == 1]["mean"].tolist() == [0.7] and set(rt["cell"]) == {expected}
 
 
-def test_seeds_average_but_different_studies_never_pool():
-    df = runs([("exp.easy", "proxy_anchor", 16, 0.1, 0, 0.9, 0.8, {}),
-               ("exp.easy", "proxy_anchor", 16, 0.1, 1, 0.7, 0.6, {}),
-               ("exp.hard", "proxy_anchor", 16, 0.1, 0, 0.3, 0.2, {})])
-    assert set(df.panel) == {"proxy_anchor [exp.easy]", "proxy_anchor [exp.hard]"}
-    rt = recall_table(selected_runs(df, choose_cells(df))).set_index("loss")
-    assert rt.loc["proxy_anchor [exp.easy]", "seeds"] == 2
-    assert abs(rt.loc["proxy_anchor [exp.easy]", "R@1"] - 0.7) < 1e-12
-    assert rt.loc["proxy_anchor [exp.hard]", "seeds"] == 1
-
-
-def test_panels_split_by_dataset_when_one_loss_ran_on_several():
-    df = runs([("s", "proxy_anchor", 16, 0.1, 0, 0.9, 0.8, {"data": "cub"}),
-               ("s", "proxy_anchor", 16, 0.1, 0, 0.5, 0.4, {"data": "cars"})])
-    assert set(df.panel) == {"proxy_anchor [cub]", "proxy_anchor [cars]"}
+def test_test_selection_is_used_only_when_every_run_says_so():
+    rows = [run("p", {"loss.alpha": a}, test=t, val=v, selection="test") for a, t, v in ((4, 0.6, 0.9), (8, 0.7, 0.1))]
+    rs = runset(rows)
+    assert rs.studies["exp/p"].select_on == "test" and json.loads(rs.studies["exp/p"].selected) == {"loss.alpha": 8}

@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 #: Command modules, in the order ``bench --help`` lists them.
-COMMANDS = ("run", "grid", "report", "demo", "ui", "datasets", "doctor")
+COMMANDS = ("run", "grid", "repeat", "report", "demo", "ui", "datasets", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

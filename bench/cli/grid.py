@@ -38,6 +38,11 @@ def run(args: argparse.Namespace, kind: str) -> int:
     outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress, datasets=datasets)
     rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
              "already_done": o.skipped, "best": o.best} for o in outs]
+    if spec.repeat.seeds:  # the file's repeat: block: fresh-seed repeats of each selected cell
+        from bench.studies.repeat import run_repeats
+
+        rows += run_repeats(s, spec.experiment, spec.repeat.seeds, [o.study_name for o in outs],
+                            storage=s.storage, progress=not args.no_progress)
     print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2, default=str))
     print(f"experiment {spec.experiment!r}: bench report --experiment {spec.experiment}", file=sys.stderr)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class LossConfigBase(BaseModel):
@@ -80,6 +80,15 @@ class HierarchicalConfig(LossConfigBase):
         None, description=f"lambda per upper level; null = {DEFAULT_WEIGHT} each"
     )
     recluster_every: int = Field(1, ge=0, description="k-means refresh period in epochs; 0 = never")
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _one_weight_for_all(cls, v: object, info: ValidationInfo) -> object:
+        """A single number is every upper level's lambda, so a grid can sweep it."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            levels = info.data.get("levels")
+            return [float(v)] * (1 if levels is None else len(levels))
+        return v
 
     @model_validator(mode="after")
     def _lengths(self) -> "HierarchicalConfig":

@@ -157,11 +157,13 @@ def run_study(
     progress: bool = True,
     data_root: str | None = None,
     datasets: dict[str, Any] | None = None,
+    trial_tags: dict[str, str] | None = None,
 ) -> StudyOutcome:
     """Run (or resume) one grid or study; every trial is a child run in MLflow.
 
     A spec with ``variants`` goes through :func:`run_suite`. ``datasets``: loaded datasets
-    keyed by data config, shared between calls so each is loaded once.
+    keyed by data config, shared between calls so each is loaded once. ``trial_tags``: extra
+    tags on every trial run (``bench repeat`` marks its runs with them).
     """
     from bench.data import create_dataset
     from bench.tracking import Tracker
@@ -248,6 +250,8 @@ def run_study(
         if key not in datasets:
             datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)
         run = tracker.start_trial(parent, spec.name, trial.number, cfg.model_dump(mode="json"), cell)
+        if trial_tags:
+            run.set_tags(trial_tags)
         trial.set_user_attr("mlflow_run_id", run.run_id)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -280,12 +284,12 @@ def run_study(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=already, desc=spec.name, unit="trial", dynamic_ncols=True)
-        _refresh_bar(bar, study)
+        _refresh_bar(bar, study, spec.repeat_axes)
 
     def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
         if bar is not None and "duplicate_of" not in ft.user_attrs:
             bar.update(1)
-            _refresh_bar(bar, st)
+            _refresh_bar(bar, st, spec.repeat_axes)
 
     try:
         if remaining:
@@ -293,7 +297,7 @@ def run_study(
     finally:
         if bar is not None:
             bar.close()
-        best = _best(study)
+        best = _best(study, spec.repeat_axes)
         summary = {"best_value": best["value"], "best_test_recall_at_1": best["test_recall_at_1"]} if best else {}
         tracker.end_parent(parent, summary)
     return StudyOutcome(spec.name, counts["completed"], counts["failed"], already, best, parent)
@@ -324,8 +328,8 @@ def _best(study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXE
             "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
 
 
-def _refresh_bar(bar, study: optuna.Study) -> None:
-    b = _best(study)
+def _refresh_bar(bar, study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXES) -> None:
+    b = _best(study, repeat_axes)
     TS = optuna.trial.TrialState
     failed = len(study.get_trials(deepcopy=False, states=(TS.FAIL,)))
     if b:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.config import ConfigError, Settings, TrialConfig, merge, resolve_trial
+from bench.selection import DEFAULT_REPEAT_AXES
 
 
 class Variant(BaseModel):
@@ -23,6 +24,21 @@ class Variant(BaseModel):
     trial: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RepeatSpec(BaseModel):
+    """``repeat:``: what repeats a cell rather than defines it, and fresh-seed reruns.
+
+    ``axes``: grid axes averaged over like ``train.seed`` (which always is), e.g. ``data.seed``
+    for several splits; every other axis stays a separate cell in the report. ``seeds``: after
+    the grid, retrain each study's selected cell with this many fresh ``train.seed`` values
+    (``bench repeat``), so the headline numbers are free of selection bias.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    axes: list[str] = Field(default_factory=list, description="grid axes averaged over like train.seed")
+    seeds: int = Field(0, ge=0, le=100, description="fresh-seed repeats of the selected cell after the grid (0 = none)")
 
 
 class StudySpec(BaseModel):
@@ -50,10 +66,16 @@ class StudySpec(BaseModel):
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
     variants: dict[str, Variant] = Field(default_factory=dict)
+    repeat: RepeatSpec = Field(default_factory=RepeatSpec)
 
     @property
     def name(self) -> str:
         return self.study_name or self.experiment
+
+    @property
+    def repeat_axes(self) -> tuple[str, ...]:
+        """Axes whose values repeat a cell (``train.seed`` plus ``repeat.axes``)."""
+        return tuple(dict.fromkeys([*DEFAULT_REPEAT_AXES, *self.repeat.axes]))
 
     def expand(self) -> list["StudySpec"]:
         """One spec per variant (trial overrides merged, grid/space extended); or [self]."""
@@ -103,6 +125,10 @@ class StudySpec(BaseModel):
             raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
         if self.kind == "study" and not self.space:
             raise ValueError("kind: study needs a 'space:' mapping of dotted keys to distributions")
+        unknown = [a for a in self.repeat.axes if a not in self.grid]
+        if unknown:
+            raise ValueError(f"repeat.axes: {', '.join(unknown)} is not a grid axis; list grid keys only "
+                             f"(grid: {', '.join(self.grid) or 'none'})")
         return self
 
     def effective_trial(self) -> dict[str, Any]:

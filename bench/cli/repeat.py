@@ -1,0 +1,43 @@
+"""``bench repeat``: retrain each study's selected cell with fresh seeds.
+
+The selected cell's own runs won the selection, so their numbers are optimistic. The repeats
+(seeds the grid never used) run as an Optuna grid ``<study>.repeat`` under the study's parent
+run, exactly once per seed and resumable; ``bench report`` takes its headline numbers
+(Recall@K tables and figures) from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bench.cli.common import add_store_options, settings_from
+
+
+def register(sub) -> None:
+    r = sub.add_parser("repeat", help="retrain each study's selected cell with fresh seeds", description=__doc__)
+    r.add_argument("--experiment", required=True, metavar="NAME", help="MLflow experiment whose studies to repeat")
+    r.add_argument("--seeds", type=int, default=5, help="fresh train.seed values per study (default: 5)")
+    r.add_argument("--study", action="append", metavar="NAME",
+                   help="only this study of the experiment (repeatable; default: every study)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_store_options(r)
+    r.set_defaults(fn=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.cli.common import UsageError
+
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    s = settings_from(args)
+    from bench.report import ReportInputError
+    from bench.studies.repeat import run_repeats
+
+    try:
+        rows = run_repeats(s, args.experiment, args.seeds, args.study, storage=s.storage,
+                           progress=not args.no_progress)
+    except ReportInputError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(rows, indent=2))
+    return 0

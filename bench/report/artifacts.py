@@ -1,0 +1,29 @@
+"""The report folder logged on each reported study's parent run, under ``report/``, so
+someone browsing the MLflow UI finds the figures next to the runs they came from
+(``report/index.html``, ``report/heatmap_alpha_delta.png``, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.report.runs import RunSet
+
+ARTIFACT_PATH = "report"
+
+
+def log_report(client, rs: RunSet, out: Path) -> tuple[list[str], list[str]]:
+    """Log ``out`` on every reported study's parent run; ``(run ids logged, warnings)``.
+
+    A store that refuses artifacts (read-only, no artifact access) costs a warning, not the
+    report, which is already written."""
+    logged, warnings = [], []
+    for st in rs.studies.values():
+        if not st.parent_run_id or st.parent_run_id in logged:
+            continue
+        try:
+            client.log_artifacts(st.parent_run_id, str(out), ARTIFACT_PATH)
+            logged.append(st.parent_run_id)
+        except Exception as e:  # the report stands without it
+            warnings.append(f"could not log the report on parent run {st.parent_run_id} of {st.name}: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    return logged, warnings

@@ -1,0 +1,91 @@
+"""Convergence: the selection metric per epoch (``curve/val_recall_at_1``, or the test curve
+for ``select_on: test`` runs) at each study's selected cell, mean over its runs with a 95 %
+band, the epochs the runs selected marked."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.captions import headline_phrase
+from bench.report.output import Figure
+from bench.report.runs import RunSet
+from bench.report.stats import mean_ci
+from bench.report.style import COLUMN, PAGE, colour, marker, paper_style, save
+from bench.selection import score_name
+
+NAME = "convergence"
+COLUMNS = ["dataset", "study", "label", "source", "metric", "epoch", "n", "mean", "ci_low", "ci_high",
+           "selected_by", "run_ids"]
+
+
+def curves(client, rs: RunSet) -> pd.DataFrame:
+    from bench.tracking import CURVE
+
+    rows = []
+    for key, st in rs.studies.items():
+        if st.selected is None:
+            continue
+        runs, source = rs.headline_runs(key)
+        metric = score_name(st.select_on)
+        per_epoch: dict[int, dict[str, float]] = {}
+        for r in runs.itertuples():
+            for m in client.get_metric_history(r.run_id, f"{CURVE}{metric}"):
+                per_epoch.setdefault(int(m.step), {})[r.run_id] = float(m.value)
+        best = {r: int(b) for r, b in zip(runs["run_id"], pd.to_numeric(runs.get("metrics.best_epoch"), errors="coerce"))
+                if b == b}
+        for epoch in sorted(per_epoch):
+            vals = per_epoch[epoch]
+            mean, lo, hi, n = mean_ci(vals.values())
+            rows.append({"dataset": st.dataset, "study": key, "label": st.label, "source": source, "metric": metric,
+                         "epoch": epoch, "n": n, "mean": mean, "ci_low": lo, "ci_high": hi,
+                         "selected_by": sum(1 for r in vals if best.get(r) == epoch),
+                         "run_ids": ";".join(sorted(vals))})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def convergence_figure(client, rs: RunSet, out: Path) -> Figure | None:
+    data = curves(client, rs)
+    if data.empty:
+        return None
+    metrics = sorted(set(data["metric"]))
+    caption = (f"{' / '.join(m.replace('_recall_at_1', ' R@1') for m in metrics)} per epoch at each study's selected "
+               f"cell, from {headline_phrase(data['source'])}: the mean over its runs with a 95 % Student-t band "
+               "(n per epoch in the CSV). Markers: epochs a run selected as its best (the first epoch with its "
+               "highest selection R@1); the number of runs that chose each epoch is in the CSV.")
+    files = _draw(data, out, caption)
+    return Figure(NAME, "Convergence at the selected cells", caption, data, files)
+
+
+def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
+    from matplotlib.ticker import MaxNLocator
+
+    datasets = list(dict.fromkeys(data["dataset"]))
+    studies = list(dict.fromkeys(data["study"]))
+    with paper_style() as plt:
+        n = len(datasets)
+        fig, axes = plt.subplots(1, n, figsize=(COLUMN if n == 1 else min(PAGE, 3.0 * n), 2.4), squeeze=False)
+        for ax, ds in zip(axes[0], datasets):
+            d = data[data["dataset"] == ds]
+            for s in [s for s in studies if s in set(d["study"])]:
+                t = d[d["study"] == s].sort_values("epoch")
+                i = studies.index(s)
+                ax.plot(t["epoch"], t["mean"], color=colour(i), label=t["label"].iloc[0], lw=1.0)
+                band = t["ci_low"].map(math.isfinite)
+                if band.any():
+                    ax.fill_between(t["epoch"][band], t["ci_low"][band], t["ci_high"][band], color=colour(i),
+                                    alpha=0.15, lw=0)
+                sel = t[t["selected_by"] > 0]
+                ax.plot(sel["epoch"], sel["mean"], ls="none", marker=marker(i), color=colour(i), ms=4.5,
+                        mec="black", mew=0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(d["metric"].iloc[0].replace("_recall_at_1", " R@1").replace("val", "validation"))
+            if n > 1:
+                ax.set_title(ds)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 2))
+        fig.tight_layout()
+        return save(fig, out, NAME, caption)

@@ -1,0 +1,93 @@
+"""Recall@K of every study at its selected cell (the papers' Tables 2-4 as a figure): a dot
+per K and study with its 95 % interval over seeds, one panel per dataset (each with its own K
+protocol), comparable published numbers as hollow markers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.captions import headline_phrase, selection_rule
+from bench.report.output import Figure
+from bench.report.published import comparable, setup_of
+from bench.report.runs import RunSet
+from bench.report.stats import mean_ci
+from bench.report.style import COLUMN, PAGE, colour, marker, paper_style, save
+
+COLUMNS = ["dataset", "study", "label", "source", "k", "n", "mean", "ci_low", "ci_high", "published", "cell", "run_ids"]
+NAME = "recall_at_k"
+
+
+def recall_table(rs: RunSet) -> pd.DataFrame:
+    """Per study and K: the headline runs' mean test Recall@K, CI, n, and the comparable
+    published number (percent, NaN when none)."""
+    rows = []
+    for key, st in rs.studies.items():
+        if st.selected is None:
+            continue
+        runs, source = rs.headline_runs(key)
+        pub = comparable(setup_of(rs, key))
+        ks = sorted(int(c.rsplit("_", 1)[1]) for c in runs if c.startswith("metrics.test_recall_at_")
+                    and runs[c].notna().any())
+        for k in ks:
+            mean, lo, hi, n = mean_ci(pd.to_numeric(runs[f"metrics.test_recall_at_{k}"], errors="coerce"))
+            p = pub[pub["k"] == k]["recall"]
+            rows.append({"dataset": st.dataset, "study": key, "label": st.label, "source": source, "k": k, "n": n,
+                         "mean": mean, "ci_low": lo, "ci_high": hi,
+                         "published": float(p.iloc[0]) if len(p) else math.nan, "cell": st.selected,
+                         "run_ids": ";".join(sorted(runs["run_id"]))})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def recall_figure(rs: RunSet, out: Path) -> Figure | None:
+    data = recall_table(rs)
+    if data.empty:
+        return None
+    pubs = sorted({s for key in data["study"].unique() for s in comparable(setup_of(rs, key))["source"]})
+    caption = (f"Test Recall@K at each study's selected cell ({selection_rule(rs.studies.values())}), from "
+               f"{headline_phrase(data['source'])}; error bars: 95 % Student-t interval over seeds, n in the CSV. "
+               "K follows each dataset's protocol. "
+               + (f"Hollow markers: published numbers for the same dataset, loss, embedding dimension and backbone "
+                  f"({'; '.join(pubs)})." if pubs else "No published numbers match these runs' dataset, loss, "
+                  "dimension and backbone, so none are drawn."))
+    files = _draw(data, out, caption)
+    return Figure(NAME, "Recall@K at the selected cells", caption, data, files)
+
+
+def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
+    datasets = list(dict.fromkeys(data["dataset"]))
+    studies = list(dict.fromkeys(data["study"]))
+    with paper_style() as plt:
+        n = len(datasets)
+        fig, axes = plt.subplots(1, n, figsize=(COLUMN if n == 1 else min(PAGE, 3.0 * n), 2.5), squeeze=False)
+        for ax, ds in zip(axes[0], datasets):
+            d = data[data["dataset"] == ds]
+            ks = sorted(d["k"].unique())
+            here = [s for s in studies if s in set(d["study"])]
+            width = 0.8 / max(len(here), 1)
+            for i, s in enumerate(here):
+                t = d[d["study"] == s].set_index("k").reindex(ks)
+                idx = studies.index(s)
+                x = [j - 0.4 + width * (i + 0.5) for j in range(len(ks))]
+                err = [[m - lo if math.isfinite(lo) else 0 for m, lo in zip(t["mean"], t["ci_low"])],
+                       [hi - m if math.isfinite(hi) else 0 for m, hi in zip(t["mean"], t["ci_high"])]]
+                ax.errorbar(x, t["mean"], yerr=err, ls="none", marker=marker(idx), color=colour(idx), ms=4,
+                            capsize=2, elinewidth=0.9, label=t["label"].dropna().iloc[0])
+                pub = t["published"] / 100
+                if pub.notna().any():
+                    ax.plot(x, pub, ls="none", marker=marker(idx), mfc="none", mec=colour(idx), ms=7, mew=1.0)
+            ax.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
+            ax.set_xlim(-0.5, len(ks) - 0.5)
+            ax.set_title(ds)
+            ax.set_ylabel("test Recall@K")
+            ax.grid(axis="x", visible=False)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        if data["published"].notna().any():
+            handles.append(plt.Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3", ms=7))
+            labels.append("published")
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 2),
+                   handlelength=1.2)
+        fig.tight_layout()
+        return save(fig, out, NAME, caption)

@@ -1,0 +1,145 @@
+"""``index.html`` and ``index.md``: every figure with its caption, its files, the numbers it
+shows (the CSV, rendered as a table) and the MLflow runs behind it.
+
+Run ids link into the MLflow UI when a UI address is configured (``ui_url`` in bench.yaml,
+``$BENCH_UI_URL`` or ``bench report --ui-url``); the page holds no timestamp, so rebuilding
+from the same store writes the same page.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+from pathlib import Path
+
+from bench.report.output import Figure
+from bench.report.published import for_reference
+from bench.report.runs import RunSet, masked
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+figure{margin:1.5em 0;padding:1em;border:1px solid #ddd;border-radius:6px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{font-size:.92em;color:#333;margin-top:.6em}
+table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+details{margin-top:.5em} code{font-size:.9em} .note{color:#8a4b00}
+"""
+
+
+def run_link(run_id: str, experiment_id: str | None, ui_url: str | None) -> str:
+    if ui_url and experiment_id:
+        href = f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f'<a href="{html.escape(href)}"><code>{run_id}</code></a>'
+    return f"<code>{run_id}</code>"
+
+
+def _csv_table(path: Path, name: str) -> str:
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f'<table class="csv" data-csv="{html.escape(name)}"><tr>{head}</tr>{body}</table>'
+
+
+def _studies_rows(rs: RunSet) -> list[list[str]]:
+    rows = []
+    for key, st in rs.studies.items():
+        n_grid, n_rep = len(rs.grid_runs(key)), len(rs.repeat_runs(key))
+        rows.append([st.label, st.name, st.experiment, st.kind, ", ".join(st.axes) or "–",
+                     ", ".join(st.repeat_axes), str(n_grid), str(n_rep), st.selected or "–", st.select_on])
+    return rows
+
+
+STUDY_HEAD = ["label", "study", "experiment", "kind", "axes (cells)", "averaged over", "selection runs",
+              "fresh-seed repeats", "selected cell", "selected on"]
+
+
+def _reference_rows(rs: RunSet) -> list[list[str]]:
+    """Published rows for the datasets and losses reported, comparable or not (for reading)."""
+    seen, rows = set(), []
+    for st in rs.studies.values():
+        if (st.dataset, st.loss) in seen:
+            continue
+        seen.add((st.dataset, st.loss))
+        for r in for_reference(st.dataset, st.loss).itertuples():
+            rows.append([r.dataset, r.loss, r.backbone, str(r.embedding_dim), f"R@{r.k}", f"{r.recall:.1f}",
+                         f"{r.source}, {r.where}"])
+    return rows
+
+
+def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, ui_url: str | None = None,
+                extra_md: str = "") -> list[str]:
+    """Write ``index.html`` and ``index.md`` into ``out``; returns their names."""
+    exp_of = dict(zip(rs.runs["run_id"], rs.runs["experiment_id"]))
+    title = f"proxybench report: {', '.join(rs.experiments)}"
+    commits = sorted(set(rs.runs.get("tags.bench.git_commit", []).dropna()))
+    summary = (f"{len(rs.runs)} finished runs of {len(rs.studies)} studies from the tracking store "
+               f"{masked(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. Every number is a "
+               "test metric at the epoch and cell chosen by the selection rule the caption names.")
+    refs = _reference_rows(rs)
+
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+         f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(summary)}</p>",
+         "<h2>Studies</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in STUDY_HEAD) + "</tr>"]
+    h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _studies_rows(rs)]
+    h.append("</table>")
+    all_notes = notes + [f"{st.label}: {n}" for st in rs.studies.values() for n in st.notes]
+    if all_notes:
+        h.append("<ul>" + "".join(f'<li class="note">{html.escape(n)}</li>' for n in all_notes) + "</ul>")
+    md = [f"# {title}", "", summary, "", "## Studies", "", "| " + " | ".join(STUDY_HEAD) + " |",
+          "|" + "---|" * len(STUDY_HEAD)]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _studies_rows(rs)]
+    md += [""] + [f"- {n}" for n in all_notes] + ([""] if all_notes else [])
+
+    for f in figures:
+        anchor = html.escape(f.name)
+        links = " · ".join(f'<a href="{html.escape(x)}">{html.escape(x)}</a>' for x in f.files if not x.endswith(".png"))
+        h.append(f'<figure id="{anchor}"><h2>{html.escape(f.title)}</h2>')
+        if f.image:
+            h.append(f'<img src="{anchor}.png" alt="{html.escape(f.title)}">')
+        h.append(f"<figcaption>{html.escape(f.caption)}</figcaption><p>Files: {links}</p>")
+        h.append(f"<details><summary>Numbers drawn ({anchor}.csv)</summary>{_csv_table(out / f'{f.name}.csv', f'{f.name}.csv')}"
+                 "</details>")
+        ids = f.run_ids
+        h.append(f"<details><summary>{len(ids)} MLflow run(s) behind this figure</summary><p>"
+                 + " ".join(run_link(r, exp_of.get(r), ui_url) for r in ids) + "</p></details></figure>")
+        md += [f"## {f.title}", ""]
+        if f.image:
+            md += [f"![{f.title}]({f.name}.png)", ""]
+        md += [f.caption, "", "Files: " + ", ".join(f"[{x}]({x})" for x in f.files), "",
+               f"Runs ({len(ids)}): " + ", ".join(f"`{r}`" for r in ids), ""]
+    if extra_md:
+        md += [extra_md, ""]
+    if refs:
+        head = ["dataset", "loss", "backbone", "dim", "metric", "published %", "source"]
+        h.append("<h2>Published numbers for these datasets and losses</h2><p>Drawn next to ours only where dataset, "
+                 "loss, embedding dimension and backbone all match.</p><table><tr>"
+                 + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in refs)
+                 + "</table>")
+        md += ["## Published numbers for these datasets and losses", "",
+               "Drawn next to ours only where dataset, loss, embedding dimension and backbone all match.", "",
+               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(r) + " |" for r in refs] + [""]
+    h.append("</body></html>")
+    (out / "index.html").write_text("\n".join(h) + "\n")
+    (out / "index.md").write_text("\n".join(md) + "\n")
+    return ["index.html", "index.md"]
+
+
+def write_reports_index(root: Path) -> Path:
+    """``root/index.html``: a link to every report folder under ``root``, with its first line."""
+    items = []
+    for page in sorted(root.glob("*/index.html")):
+        md = page.with_name("index.md")
+        title = md.read_text().splitlines()[0].lstrip("# ") if md.is_file() else page.parent.name
+        items.append(f'<li><a href="{html.escape(page.parent.name)}/index.html">{html.escape(page.parent.name)}</a>'
+                     f" — {html.escape(title)}</li>")
+    path = root / "index.html"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>proxybench reports</title>"
+                    f"<style>{STYLE}</style></head><body><h1>proxybench reports</h1><ul>{''.join(items)}</ul>"
+                    "</body></html>\n")
+    return path

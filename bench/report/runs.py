@@ -1,0 +1,307 @@
+"""The runs a report draws from, with the axes their studies recorded.
+
+A study's axes are what its runs say they varied: each trial run's ``bench.cell`` tag (the
+JSON of its grid or search point) and the parent run's ``study.yaml`` (the spec as run,
+whose ``repeat.axes`` name the axes to average over besides ``train.seed``). Parameter names
+are never guessed: a grid over ``train.lr`` keeps every learning rate apart.
+
+Fresh-seed repeats (``bench repeat``) are trial runs of a ``<study>.repeat`` study tagged
+``bench.repeat_study`` (the study they repeat) and ``bench.repeat_of`` (the cell, as the
+canonical JSON of :func:`bench.selection.cell_of`); they join their study as ``role=repeat``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from bench.selection import DEFAULT_REPEAT_AXES, cell_of, group_scores, score_name, select_cell
+from bench.tracking import ROLE, STUDY
+
+REPEAT_OF, REPEAT_STUDY = "bench.repeat_of", "bench.repeat_study"
+
+#: How losses are named in figures and tables (their registry names otherwise).
+LOSS_NAMES = {"proxy_anchor": "Proxy-Anchor", "proxy_nca": "Proxy-NCA", "smooth_proxy_anchor": "Smooth Proxy-Anchor",
+              "multi_similarity": "Multi-Similarity", "triplet": "Triplet"}
+
+
+class ReportInputError(ValueError):
+    """Input the report cannot use (no such experiment, no finished runs, an unknown axis,
+    a store that does not open); the message names the problem and the fix in one line."""
+
+
+@dataclass
+class Study:
+    """One grid or search (an Optuna study and its MLflow parent run) as recorded."""
+
+    name: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str | None
+    kind: str                      # grid | study
+    axes: tuple[str, ...]          # varied keys that define a cell, in the study file's order
+    repeat_axes: tuple[str, ...]   # varied keys averaged over (train.seed, repeat.axes)
+    select_on: str                 # val | test
+    space: dict[str, Any] = field(default_factory=dict)  # search distributions (kind: study)
+    loss: str = ""                 # registry name of the loss (hierarchical(base) for the wrapper)
+    dataset: str = ""
+    label: str = ""                # unique display name within the report
+    selected: str | None = None    # the selected cell (canonical JSON), by bench.selection
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.experiment}/{self.name}"
+
+
+@dataclass
+class RunSet:
+    """Finished trial runs (``runs``: one row each; ``study`` is a :attr:`Study.key`,
+    ``role`` grid or repeat, ``cell`` canonical JSON, ``values`` the cell as a dict) and
+    their studies, in report order."""
+
+    runs: pd.DataFrame
+    studies: dict[str, Study]
+    experiments: list[str]
+    tracking_uri: str
+
+    def grid_runs(self, study: str) -> pd.DataFrame:
+        return self.runs[(self.runs["study"] == study) & (self.runs["role"] == "grid")]
+
+    def repeat_runs(self, study: str) -> pd.DataFrame:
+        return self.runs[(self.runs["study"] == study) & (self.runs["role"] == "repeat")]
+
+    def headline_runs(self, study: str) -> tuple[pd.DataFrame, str]:
+        """The runs behind a study's headline numbers: its fresh-seed repeats when it has
+        any, else the selection runs of its selected cell (optimistic: they won the selection)."""
+        rep = self.repeat_runs(study)
+        if len(rep):
+            return rep, "repeats"
+        g = self.grid_runs(study)
+        return g[g["cell"] == self.studies[study].selected], "selection"
+
+
+def masked(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (reports are shared)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def open_store(tracking_uri: str):
+    """An MlflowClient on an existing store, or :class:`ReportInputError` saying why not.
+
+    A report only reads: a local SQLite file that does not exist is an error, not a new store.
+    """
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ReportInputError(f"no tracking store at {tracking_uri[len('sqlite:///'):]}; run a grid first "
+                               "(bench grid FILE) or point --tracking-uri at the store")
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # any driver or server error: the store does not open
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReportInputError(f"cannot open the tracking store {masked(tracking_uri)} ({first[:200]}); "
+                               "check --tracking-uri / $MLFLOW_TRACKING_URI") from None
+    return client
+
+
+def loss_label(params: pd.Series) -> str:
+    name = str(params.get("params.loss.name", "?"))
+    if name == "hierarchical":
+        return f"hierarchical({params.get('params.loss.base.name', '?')})"
+    return name
+
+
+def pretty_loss(loss: str) -> str:
+    if loss.startswith("hierarchical(") and loss.endswith(")"):
+        return f"Hierarchical {pretty_loss(loss[len('hierarchical('):-1])}"
+    return LOSS_NAMES.get(loss, loss)
+
+
+def read_artifact(client, run_id: str, path: str) -> str | None:
+    """A run's text artifact, or None when it has none (no progress bar on the terminal)."""
+    import os
+
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+    except Exception:  # no such artifact (old runs), or the artifact store is gone
+        return None
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def study_yaml(client, run_id: str) -> dict[str, Any]:
+    """The ``study.yaml`` a parent run recorded (the spec as run), or {} for old runs without one."""
+    import yaml
+
+    text = read_artifact(client, run_id, "study.yaml")
+    return (yaml.safe_load(text) or {}) if text else {}
+
+
+def _experiment(client, name: str):
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportInputError(f"no experiment {name!r} in the tracking store; experiments there: "
+                               f"{', '.join(names) or 'none (run a grid first)'}")
+    return exp
+
+
+def load_runset(client, experiments: list[str], tracking_uri: str = "") -> RunSet:
+    """Every finished trial run of ``experiments`` with its study's recorded axes and
+    selected cell. Raises :class:`ReportInputError` for a missing experiment or no runs."""
+    from bench.tracking import runs_frame
+
+    recorded = []
+    for name in dict.fromkeys(experiments):
+        exp = _experiment(client, name)
+        ids = [exp.experiment_id]
+        runs = runs_frame(client, ids, f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'")
+        if runs.empty:
+            raise ReportInputError(f"experiment {name!r} has no finished trial runs yet; run its grid first "
+                                   "(bench grid FILE), or wait for a running one")
+        parents = runs_frame(client, ids, f"tags.`{ROLE}` = 'parent'")
+        specs: dict[str, tuple[str, dict[str, Any]]] = {}
+        wanted = set(runs.get(f"tags.{STUDY}", pd.Series(dtype=object)).dropna())
+        wanted |= set(runs.get(f"tags.{REPEAT_STUDY}", pd.Series(dtype=object)).dropna())
+        if not parents.empty:
+            for _, p in parents.sort_values(["start_time", "run_id"]).iterrows():  # a study's oldest parent
+                study = p.get(f"tags.{STUDY}")
+                if study in wanted and study not in specs:
+                    specs[study] = (p["run_id"], study_yaml(client, p["run_id"]))
+        recorded.append((name, exp.experiment_id, runs, specs))
+    return assemble(recorded, tracking_uri)
+
+
+def assemble(recorded: list[tuple[str, str, pd.DataFrame, dict[str, tuple[str, dict[str, Any]]]]],
+             tracking_uri: str = "") -> RunSet:
+    """A :class:`RunSet` from what the store holds per experiment: ``(name, id, finished trial
+    runs as runs_frame gives them, study -> (parent run id, study.yaml))``."""
+    frames, studies = [], {}
+    for name, exp_id, runs, specs in recorded:
+        frames.append(_prepare(runs, name, exp_id, specs, studies))
+    runs = pd.concat(frames, ignore_index=True)
+    for st in studies.values():
+        _select(st, runs)
+    _drop_foreign_repeats(runs, studies)
+    runs = runs[runs["keep"]].drop(columns="keep").reset_index(drop=True)
+    _label(studies)
+    return RunSet(runs, studies, [r[0] for r in recorded], tracking_uri)
+
+
+def _prepare(runs: pd.DataFrame, experiment: str, experiment_id: str,
+             parents: dict[str, tuple[str, dict[str, Any]]], studies: dict[str, Study]) -> pd.DataFrame:
+    """Assign each run to its study (repeats to the study they repeat) and its cell."""
+    runs = runs.copy()
+    col = lambda c: runs[c] if c in runs else pd.Series(None, index=runs.index, dtype=object)  # noqa: E731
+    repeat_of = col(f"tags.{REPEAT_STUDY}")
+    runs["study_name"] = repeat_of.where(repeat_of.notna(), col(f"tags.{STUDY}")).fillna("")
+    runs["role"] = ["repeat" if isinstance(r, str) and r else "grid" for r in repeat_of]
+    runs["experiment"], runs["experiment_id"] = experiment, experiment_id
+    runs["study"] = experiment + "/" + runs["study_name"]
+    cells, values = [], []
+    for name, g in runs.groupby("study_name", sort=True):
+        parent_id, spec = parents.get(name, (None, {}))
+        grid_rows = g[g["role"] == "grid"]
+        st = _study(name, experiment, experiment_id, parent_id, spec, grid_rows if len(grid_rows) else g)
+        studies[st.key] = st
+        for idx, r in g.iterrows():
+            if r["role"] == "repeat":
+                cell = str(r[f"tags.{REPEAT_OF}"])
+            else:
+                cell = cell_of(json.loads(r.get("tags.bench.cell") or "{}"), st.repeat_axes)
+            cells.append((idx, cell))
+            values.append((idx, json.loads(cell)))
+    runs["cell"] = pd.Series(dict(cells))
+    runs["values"] = pd.Series(dict(values))
+    runs["keep"] = True
+    return runs
+
+
+def _study(name: str, experiment: str, experiment_id: str, parent_id: str | None, spec: dict[str, Any],
+           g: pd.DataFrame) -> Study:
+    repeat = spec.get("repeat") or {}
+    repeat_axes = tuple(dict.fromkeys([*DEFAULT_REPEAT_AXES, *(repeat.get("axes") or [])]))
+    recorded: dict[str, None] = {}
+    for c in g.get("tags.bench.cell", pd.Series(dtype=object)).dropna():
+        recorded.update(dict.fromkeys(json.loads(c)))
+    declared = list(spec.get("grid") or {}) + list(spec.get("space") or {})
+    # The study file's order first, then anything recorded that it does not list (old runs).
+    axes = tuple(a for a in dict.fromkeys([*[d for d in declared if d in recorded], *sorted(recorded)])
+                 if a not in repeat_axes)
+    sel = g.get("tags.bench.selection", pd.Series(dtype=object))
+    select_on = "test" if len(sel) and (sel == "test").all() else "val"
+    kind = spec.get("kind") or ("study" if spec.get("space") else "grid")
+    losses = sorted({loss_label(r) for _, r in g.iterrows()})
+    datasets = sorted(g.get("params.data.name", pd.Series(dtype=object)).dropna().astype(str).unique())
+    return Study(name=name, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent_id,
+                 kind=kind, axes=axes, repeat_axes=repeat_axes, select_on=select_on,
+                 space=dict(spec.get("space") or {}), loss=losses[0] if len(losses) == 1 else "",
+                 dataset=datasets[0] if len(datasets) == 1 else "")
+
+
+def _select(st: Study, runs: pd.DataFrame) -> None:
+    """The study's selected cell by :mod:`bench.selection` (its selection runs only)."""
+    g = runs[(runs["study"] == st.key) & (runs["role"] == "grid")]
+    metric = f"metrics.{score_name(st.select_on)}"
+    if metric not in g or g.empty:
+        st.notes.append(f"no {score_name(st.select_on)} recorded: no cell selected")
+        return
+    st.selected = select_cell(group_scores(zip(g["cell"], pd.to_numeric(g[metric], errors="coerce"))))
+
+
+def _drop_foreign_repeats(runs: pd.DataFrame, studies: dict[str, Study]) -> None:
+    """Repeats of a cell that is no longer the selected one (the grid grew, a failed cell was
+    retried) say nothing about the selection: left out, with a note."""
+    for key, st in studies.items():
+        rep = (runs["study"] == key) & (runs["role"] == "repeat")
+        stale = rep & (runs["cell"] != st.selected)
+        if stale.any():
+            runs.loc[stale, "keep"] = False
+            st.notes.append(f"{int(stale.sum())} repeat run(s) of another cell than the selected one left out")
+
+
+def _label(studies: dict[str, Study]) -> None:
+    """Unique display names: the loss, then what tells studies with the same loss apart
+    (the dataset, the variant, the experiment), never pooled under one name."""
+    base = {k: pretty_loss(s.loss) if s.loss else s.name for k, s in studies.items()}
+    for k, s in studies.items():
+        s.label = base[k]
+    groups: dict[str, list[str]] = {}
+    for k, lab in base.items():
+        groups.setdefault(lab, []).append(k)
+    for lab, keys in groups.items():
+        if len(keys) < 2:
+            continue
+        sts = [studies[k] for k in keys]
+        parts: dict[str, list[str]] = {k: [] for k in keys}
+        for attr in ("dataset", "experiment"):
+            if len({getattr(s, attr) for s in sts}) > 1:
+                for s in sts:
+                    parts[s.key].append(getattr(s, attr))
+        counts: dict[tuple[str, ...], int] = {}
+        for v in parts.values():
+            counts[tuple(v)] = counts.get(tuple(v), 0) + 1
+        for s in sts:
+            if counts[tuple(parts[s.key])] > 1:  # still ambiguous: the variant (or study) name
+                parts[s.key].append(s.name[len(s.experiment) + 1:] if s.name.startswith(s.experiment + ".") else s.name)
+        for s in sts:
+            s.label = f"{lab} [{', '.join(dict.fromkeys(parts[s.key]))}]"

@@ -1,0 +1,61 @@
+"""How every figure looks: sized for a paper column, fonts embedded, colour-blind safe.
+
+* Width: :data:`COLUMN` (3.3 in, one column of a two-column paper) for single panels,
+  :data:`PAGE` (6.9 in) for rows of panels; 8 pt text, 7 pt ticks.
+* PDF: vector, TrueType fonts embedded (``pdf.fonttype = 42``) so publishers accept it and
+  text stays selectable; no creation date, so rebuilding does not change the metadata.
+* Colours: Okabe & Ito's palette for lines and markers (distinguishable under the common
+  colour-vision deficiencies), viridis for heatmaps (perceptually uniform, greyscale-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+COLUMN, PAGE = 3.3, 6.9
+
+#: Okabe-Ito, most distinct first (yellow last: weak on white).
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+HEATMAP_CMAP = "viridis"
+
+RC = {
+    "pdf.fonttype": 42, "ps.fonttype": 42, "font.family": "DejaVu Sans", "font.size": 8,
+    "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "lines.linewidth": 1.2, "lines.markersize": 4,
+    "figure.dpi": 100, "savefig.dpi": 200, "svg.hashsalt": "proxybench",
+}
+
+
+def colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def marker(i: int) -> str:
+    return MARKERS[i % len(MARKERS)]
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[object]:
+    """``matplotlib.pyplot`` (Agg backend) with :data:`RC` applied for the block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(RC):
+        yield plt
+
+
+def save(fig, out: Path, name: str, caption: str) -> list[str]:
+    """``<name>.png`` and ``<name>.pdf`` (vector) in ``out``; returns the file names."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight",
+                metadata={"CreationDate": None, "Creator": "proxybench", "Subject": caption[:500]})
+    plt.close(fig)
+    return [f"{name}.png", f"{name}.pdf"]
