@@ -137,3 +137,14 @@ def test_repeats_are_the_headline_numbers_and_stale_repeats_are_left_out():
     runs, source = rs.headline_runs("exp/s")
     assert source == "repeats" and sorted(runs["metrics.test_recall_at_1"]) == [0.7, 0.7]
     assert len(rs.grid_runs("exp/s")) == 2  # repeats never enter the grid's cells
+
+
+def test_studies_differing_in_one_setting_are_labelled_by_it():
+    rows = []
+    for name, strength in (("e.strong", "1.0"), ("e.weak", "0.25")):
+        for s in (0, 1):
+            r = run(name, {"train.seed": s}, test=0.7, val=0.8)
+            r["params.data.synthetic.hierarchy_strength"] = strength
+            rows.append(r)
+    labels = sorted(s.label for s in runset(rows).studies.values())
+    assert labels == ["Proxy-Anchor [hierarchy_strength=0.25]", "Proxy-Anchor [hierarchy_strength=1.0]"]

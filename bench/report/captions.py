@@ -54,3 +54,9 @@ def fixed_phrase(plans) -> str:
 
     parts = [f"{facet_label(p.fixed)} ({p.study.label})" for p in plans if p.fixed]
     return f" Held fixed: {'; '.join(parts)}." if parts else ""
+
+
+def clip_note(data) -> str:
+    """Say so when a drawn band was clipped to [0, 1] (the CSV keeps the interval)."""
+    lo, hi = data["ci_low"].dropna(), data["ci_high"].dropna()
+    return " Bands clipped to [0, 1] in the figure." if (len(lo) and lo.min() < 0) or (len(hi) and hi.max() > 1) else ""

@@ -203,7 +203,7 @@ def assemble(recorded: list[tuple[str, str, pd.DataFrame, dict[str, tuple[str, d
         _select(st, runs)
     _drop_foreign_repeats(runs, studies)
     runs = runs[runs["keep"]].drop(columns="keep").reset_index(drop=True)
-    _label(studies)
+    _label(studies, runs)
     return RunSet(runs, studies, [r[0] for r in recorded], tracking_uri)
 
 
@@ -218,7 +218,9 @@ def _prepare(runs: pd.DataFrame, experiment: str, experiment_id: str,
     runs["experiment"], runs["experiment_id"] = experiment, experiment_id
     runs["study"] = experiment + "/" + runs["study_name"]
     cells, values = [], []
-    for name, g in runs.groupby("study_name", sort=True):
+    first = runs.groupby("study_name")["start_time"].min()
+    for name in sorted(first.index, key=lambda n: (first[n], n)):  # studies in the order they ran
+        g = runs[runs["study_name"] == name]
         parent_id, spec = parents.get(name, (None, {}))
         grid_rows = g[g["role"] == "grid"]
         st = _study(name, experiment, experiment_id, parent_id, spec, grid_rows if len(grid_rows) else g)
@@ -279,9 +281,23 @@ def _drop_foreign_repeats(runs: pd.DataFrame, studies: dict[str, Study]) -> None
             st.notes.append(f"{int(stale.sum())} repeat run(s) of another cell than the selected one left out")
 
 
-def _label(studies: dict[str, Study]) -> None:
-    """Unique display names: the loss, then what tells studies with the same loss apart
-    (the dataset, the variant, the experiment), never pooled under one name."""
+def _fixed_params(runs: pd.DataFrame, st: Study) -> dict[str, str]:
+    """The params a study's runs all share (one value each), its axes left out."""
+    g = runs[(runs["study"] == st.key) & (runs["role"] == "grid")]
+    skip = {f"params.{a}" for a in (*st.axes, *st.repeat_axes)}
+    out = {}
+    for c in g.columns:
+        if c.startswith("params.") and c not in skip:
+            vals = g[c].dropna().unique()
+            if len(vals) == 1:
+                out[c[len("params."):]] = str(vals[0])
+    return out
+
+
+def _label(studies: dict[str, Study], runs: pd.DataFrame) -> None:
+    """Unique display names: the loss, then what tells studies with the same loss apart (the
+    dataset, the experiment, the one or two settings they differ in, else the variant's
+    name); never pooled under one name."""
     base = {k: pretty_loss(s.loss) if s.loss else s.name for k, s in studies.items()}
     for k, s in studies.items():
         s.label = base[k]
@@ -297,11 +313,24 @@ def _label(studies: dict[str, Study]) -> None:
             if len({getattr(s, attr) for s in sts}) > 1:
                 for s in sts:
                     parts[s.key].append(getattr(s, attr))
-        counts: dict[tuple[str, ...], int] = {}
-        for v in parts.values():
-            counts[tuple(v)] = counts.get(tuple(v), 0) + 1
-        for s in sts:
-            if counts[tuple(parts[s.key])] > 1:  # still ambiguous: the variant (or study) name
-                parts[s.key].append(s.name[len(s.experiment) + 1:] if s.name.startswith(s.experiment + ".") else s.name)
+        for same in _collisions(parts):
+            fixed = {k: _fixed_params(runs, studies[k]) for k in same}
+            shared = set.intersection(*(set(f) for f in fixed.values()))
+            differ = sorted(c for c in shared if len({fixed[k][c] for k in same}) > 1)
+            if 0 < len(differ) <= 2:
+                for k in same:
+                    parts[k] += [f"{c.rsplit('.', 1)[-1]}={fixed[k][c]}" for c in differ]
+        for same in _collisions(parts):  # still ambiguous: the variant (or study) name
+            for k in same:
+                st = studies[k]
+                parts[k].append(st.name[len(st.experiment) + 1:] if st.name.startswith(st.experiment + ".") else st.name)
         for s in sts:
             s.label = f"{lab} [{', '.join(dict.fromkeys(parts[s.key]))}]"
+
+
+def _collisions(parts: dict[str, list[str]]) -> list[list[str]]:
+    """Groups of study keys whose label parts are still the same."""
+    by: dict[tuple[str, ...], list[str]] = {}
+    for k, v in parts.items():
+        by.setdefault(tuple(v), []).append(k)
+    return [ks for ks in by.values() if len(ks) > 1]

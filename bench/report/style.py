@@ -59,3 +59,14 @@ def save(fig, out: Path, name: str, caption: str) -> list[str]:
                 metadata={"CreationDate": None, "Creator": "proxybench", "Subject": caption[:500]})
     plt.close(fig)
     return [f"{name}.png", f"{name}.pdf"]
+
+
+def band(ax, x, lo, hi, color: str, alpha: float = 0.18) -> None:
+    """A 95 % band of a recall (which lives in [0, 1]), clipped to [0, 1] where the t-interval
+    of few seeds reaches past it (the CSV keeps the interval as computed)."""
+    import math
+
+    keep = [i for i, (a, b) in enumerate(zip(lo, hi)) if math.isfinite(a) and math.isfinite(b)]
+    if keep:
+        ax.fill_between([x[i] for i in keep], [max(0.0, lo[i]) for i in keep], [min(1.0, hi[i]) for i in keep],
+                        color=color, alpha=alpha, lw=0, zorder=2)

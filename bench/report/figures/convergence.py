@@ -4,16 +4,15 @@ band, the epochs the runs selected marked."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from bench.report.captions import headline_phrase
+from bench.report.captions import clip_note, headline_phrase
 from bench.report.output import Figure
 from bench.report.runs import RunSet
 from bench.report.stats import mean_ci
-from bench.report.style import COLUMN, PAGE, colour, marker, paper_style, save
+from bench.report.style import COLUMN, PAGE, band, colour, marker, paper_style, save
 from bench.selection import score_name
 
 NAME = "convergence"
@@ -54,7 +53,7 @@ def convergence_figure(client, rs: RunSet, out: Path) -> Figure | None:
     caption = (f"{' / '.join(m.replace('_recall_at_1', ' R@1') for m in metrics)} per epoch at each study's selected "
                f"cell, from {headline_phrase(data['source'])}: the mean over its runs with a 95 % Student-t band "
                "(n per epoch in the CSV). Markers: epochs a run selected as its best (the first epoch with its "
-               "highest selection R@1); the number of runs that chose each epoch is in the CSV.")
+               "highest selection R@1); the number of runs that chose each epoch is in the CSV." + clip_note(data))
     files = _draw(data, out, caption)
     return Figure(NAME, "Convergence at the selected cells", caption, data, files)
 
@@ -73,10 +72,7 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
                 t = d[d["study"] == s].sort_values("epoch")
                 i = studies.index(s)
                 ax.plot(t["epoch"], t["mean"], color=colour(i), label=t["label"].iloc[0], lw=1.0)
-                band = t["ci_low"].map(math.isfinite)
-                if band.any():
-                    ax.fill_between(t["epoch"][band], t["ci_low"][band], t["ci_high"][band], color=colour(i),
-                                    alpha=0.15, lw=0)
+                band(ax, list(t["epoch"]), list(t["ci_low"]), list(t["ci_high"]), colour(i), 0.15)
                 sel = t[t["selected_by"] > 0]
                 ax.plot(sel["epoch"], sel["mean"], ls="none", marker=marker(i), color=colour(i), ms=4.5,
                         mec="black", mew=0.5)

@@ -107,7 +107,8 @@ def draw(panels, data: pd.DataFrame, out: Path, name: str, caption: str) -> list
             ax.set_xticks(range(len(xs)), [fmt_value(v) for v in xs])
             ax.set_yticks(range(len(ys)), [fmt_value(v) for v in ys])
             ax.set_xlabel(axis_label(plan.plot_axes[0]))
-            ax.set_ylabel(axis_label(plan.plot_axes[1]))
+            if ax in axes[:, 0]:
+                ax.set_ylabel(axis_label(plan.plot_axes[1]))
             ax.tick_params(length=0)
             for s in ax.spines.values():
                 s.set_visible(False)

@@ -74,7 +74,7 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
             err = [[m - lo if math.isfinite(lo) else 0 for m, lo in zip(d["mean"], d["ci_low"])],
                    [hi - m if math.isfinite(hi) else 0 for m, hi in zip(d["mean"], d["ci_high"])]]
             ax.errorbar(d["mean"], y, xerr=err, ls="none", marker=marker(i), color=colour(i), capsize=2,
-                        label="base loss" if role == "base" else "hierarchical wrapper")
+                        label=_legend(data, role))
         ax.set_yticks(range(len(pairs_)), [_short_pair(p, data) for p in pairs_])
         ax.invert_yaxis()
         ax.set_xlabel("test R@1")
@@ -84,9 +84,17 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
         return save(fig, out, NAME, caption)
 
 
+def _legend(data: pd.DataFrame, role: str) -> str:
+    names = data[data["role"] == role]["label"].str.partition(" [")[0].unique()
+    return names[0] if len(names) == 1 else ("base loss" if role == "base" else "hierarchical wrapper")
+
+
 def _short_pair(pair: str, data: pd.DataFrame) -> str:
+    """The pair's tick: its dataset and what sets its data apart (the label's bracket), the base
+    loss only when the figure has several."""
     d = data[data["pair"] == pair]
     base = d[d["role"] == "base"]["label"].iloc[0]
-    ds = d["dataset"].iloc[0]
-    return f"{base}\n({ds})" if ds and ds not in base else base
-
+    name, _, extra = base.partition(" [")
+    lines = [d["dataset"].iloc[0]] + ([extra.rstrip("]")] if extra else [])
+    several = data[data["role"] == "base"]["label"].str.partition(" [")[0].nunique() > 1
+    return "\n".join(([name] if several else []) + [x for x in lines if x])

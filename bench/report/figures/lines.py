@@ -5,18 +5,17 @@ point ringed, comparable published numbers as hollow markers."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from bench.report.axes import AxisPlan, axis_label, axis_values, facet_label, fmt_value, log_base, order_values, short
-from bench.report.captions import fixed_phrase, runs_phrase, selection_rule
+from bench.report.captions import clip_note, fixed_phrase, runs_phrase, selection_rule
 from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
 from bench.report.runs import RunSet
 from bench.report.stats import summarize
-from bench.report.style import COLUMN, colour, marker, paper_style, save
+from bench.report.style import COLUMN, band, colour, marker, paper_style, save
 
 COLUMNS = ["series", "study", "label", "dataset", "facet", "metric", "x_key", "x", "n", "mean", "ci_low", "ci_high",
            "selected", "cell", "run_ids"]
@@ -92,7 +91,7 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     if published:
         srcs = sorted({s for _, pub in published for s in pub["source"]})
         text += f" Hollow markers: published R@1 for the same dataset, loss, dimension and backbone ({'; '.join(srcs)})."
-    return text + fixed_phrase(ps)
+    return text + fixed_phrase(ps) + clip_note(data)
 
 
 def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, name: str, caption: str,
@@ -115,10 +114,7 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
                 t = t.sort_values("_o")
                 x = [pos(v) for v in t["x"]]
                 ax.plot(x, t["mean"], color=colour(i), marker=marker(i), label=s, zorder=3)
-                band = t["ci_low"].map(math.isfinite)
-                if band.any():
-                    ax.fill_between([v for v, b in zip(x, band) if b], t["ci_low"][band], t["ci_high"][band],
-                                    color=colour(i), alpha=0.18, lw=0, zorder=2)
+                band(ax, x, list(t["ci_low"]), list(t["ci_high"]), colour(i))
                 sel = t[t["selected"]]
                 if len(sel):
                     ax.plot([pos(v) for v in sel["x"]], sel["mean"], ls="none", marker="o", ms=10, mfc="none",
