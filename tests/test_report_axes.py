@@ -148,3 +148,15 @@ def test_studies_differing_in_one_setting_are_labelled_by_it():
             rows.append(r)
     labels = sorted(s.label for s in runset(rows).studies.values())
     assert labels == ["Proxy-Anchor [hierarchy_strength=0.25]", "Proxy-Anchor [hierarchy_strength=1.0]"]
+
+
+def test_a_comparison_of_experiments_labels_each_study_by_its_experiment():
+    import pandas as pd
+
+    from bench.report.runs import assemble
+
+    a = pd.DataFrame([run("a", {"train.seed": s}, test=0.7, val=0.8) for s in (0, 1)])
+    b = pd.DataFrame([run("b", {"train.seed": s}, test=0.5, val=0.6) for s in (0, 1)])
+    rs = assemble([("honest", "1", a, {}), ("parity", "2", b, {})])
+    assert sorted(s.label for s in rs.studies.values()) == ["Proxy-Anchor [honest]", "Proxy-Anchor [parity]"]
+    assert [len(rs.headline_runs(k)[0]) for k in rs.studies] == [2, 2]  # never pooled into one of 4

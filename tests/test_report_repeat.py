@@ -38,3 +38,12 @@ def test_one_number_is_every_upper_levels_weight_so_grids_can_sweep_it():
     assert resolve_trial({}, dotted={"loss.name": "hierarchical", "loss.weights": 1}).loss.weights == [1.0]
     with pytest.raises(ConfigError, match="weights"):
         resolve_trial({}, dotted={"loss.name": "hierarchical", "loss.weights": -0.1})
+
+
+def test_repeat_and_report_answer_help_and_bad_flags_without_heavy_imports(tmp_path):
+    from test_cli_imports import loaded
+
+    assert loaded("repeat", "--help") == {"code": 0, "heavy": []}
+    assert loaded("repeat", "--experiment", "x", "--seeds", "0", cwd=tmp_path) == {"code": 2, "heavy": []}
+    assert loaded("report", "--experiment", "x", "--where", "lr", cwd=tmp_path) == {"code": 2, "heavy": []}
+    assert loaded("report", "--experiment", "x", "--axes", "a", "b", "c", cwd=tmp_path) == {"code": 2, "heavy": []}

@@ -77,8 +77,8 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     what = " and ".join(metrics.values())
     labels = ", ".join(dict.fromkeys(p.study.label for p in ps))
     text = (f"{what[0].upper() + what[1:]} against {axis_label(x_key)} for {labels}" + (f" on {dataset}" if dataset else "")
-            + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])} as a band; "
-            f"ringed: {selection_rule(p.study for p in ps)}.")
+            + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])} as a band"
+            + (f"; ringed: {selection_rule(p.study for p in ps)}." if list(metrics) == ["test_recall_at_1"] else "."))
     if set(metrics) == set(RELABEL):
         text += (" Phase 1 of Smooth Proxy-Anchor flags a training sample as mislabelled when its observed label "
                  "gets confidence below the loss's threshold; precision and recall of those flags against the "
@@ -101,6 +101,7 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
     pos = (lambda v: v) if numeric else (lambda v: xs.index(v))  # noqa: E731
     series = list(dict.fromkeys(data["series"]))
+    rings = list(metrics) == ["test_recall_at_1"]  # the selected cell is ringed on its own metric only
     with paper_style() as plt:
         fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN, 2.3 * len(metrics) + 0.2), squeeze=False,
                                  sharex=True)
@@ -116,13 +117,15 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
                 ax.plot(x, t["mean"], color=colour(i), marker=marker(i), label=s, zorder=3)
                 band(ax, x, list(t["ci_low"]), list(t["ci_high"]), colour(i))
                 sel = t[t["selected"]]
-                if len(sel):
+                if len(sel) and rings:
                     ax.plot([pos(v) for v in sel["x"]], sel["mean"], ls="none", marker="o", ms=10, mfc="none",
                             mec="black", mew=1.1, zorder=4)
             for j, (label, pub) in enumerate(published):
                 ax.plot(list(pub["batch_size"].astype(float)), list(pub["recall"] / 100), ls=":", marker="o",
                         mfc="none", color="0.35", ms=5, label=f"published ({label})", zorder=3)
             ax.set_ylabel(ylabel)
+            if metric in RELABEL:  # proportions: on their whole range, not zoomed into a corner
+                ax.set_ylim(0, 1.02)
         ax = axes[-1, 0]
         if base:
             ax.set_xscale("log", base=base)
@@ -130,8 +133,9 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
         ax.set_xticks([pos(v) for v in xs], [fmt_value(v) for v in xs])
         ax.set_xlabel(axis_label(x_key))
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        ring = plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.1)
-        handles, labels = handles + [ring], labels + ["selected"]
+        if rings:
+            ring = plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.1)
+            handles, labels = handles + [ring], labels + ["selected"]
         ncol = 2 if len(handles) > 3 else 1
         axes[0, 0].legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=ncol,
                           handlelength=1.6, columnspacing=1.0)

@@ -100,14 +100,23 @@ def _trials_table(study) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("number") if rows else pd.DataFrame()
 
 
-def _finish(fig, width: float, height: float) -> None:
-    """Optuna's plots use their own style sheet: bring them to column size and paper fonts."""
+def _finish(fig, space: dict[str, Any], layout: bool = True) -> None:
+    """Optuna's plots use their own style sheet: paper fonts, axes named like ours, the
+    legend inside the axes rather than beside them."""
     from matplotlib.text import Text
 
-    fig.set_size_inches(width, height)
+    from bench.report.axes import axis_label
+
     for t in fig.findobj(Text):
         t.set_fontsize(min(t.get_fontsize(), 8))
-    fig.tight_layout()
+    for ax in fig.axes:
+        for get, put in ((ax.get_xlabel, ax.set_xlabel), (ax.get_ylabel, ax.set_ylabel)):
+            if get() in space:
+                put(axis_label(get()))
+        if ax.get_legend() is not None and ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=7)
+    if layout:  # not under a colour bar Optuna placed itself (tight_layout would move it onto a panel)
+        fig.tight_layout()
 
 
 def study_figures(rs: RunSet, out: Path, storage: str | None) -> tuple[list[Figure], list[str]]:
@@ -138,7 +147,7 @@ def _draw_all(st: Study, study, trials: pd.DataFrame, out: Path, source: str) ->
     base = f"{st.label} ({st.name}), trials from {source}; objective: {what}."
     params = [c[len("param:"):] for c in trials if c.startswith("param:")]
     figs = []
-    with warnings.catch_warnings(), paper_style():
+    with warnings.catch_warnings(), paper_style() as plt:
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         imp = optuna.importance.get_param_importances(study) if len(params) > 1 else {params[0]: 1.0}
         top = list(imp)[:2]
@@ -148,17 +157,20 @@ def _draw_all(st: Study, study, trials: pd.DataFrame, out: Path, source: str) ->
             ("importances", "Parameter importances", lambda: ov.plot_param_importances(study),
              pd.DataFrame({"param": list(imp), "importance": list(imp.values())}), (COLUMN, 0.4 * len(imp) + 1.2),
              "Importance of each parameter for the objective (Optuna's default evaluator, PED-ANOVA). "),
+            # Optuna sizes a multi-panel slice at half the rc width per panel
             ("slice", "Slice", lambda: ov.plot_slice(study, target_name=what), trials,
-             (min(PAGE, 2.2 * len(params) + 0.6), 2.4), "Objective against each parameter, one dot per trial. "),
+             (2 * min(PAGE, 2.2 * len(params)) / max(len(params), 2), 2.6),
+             "Objective against each parameter, one dot per trial (shade: trial number). "),
         ]
         if len(top) == 2:
             plots.append(("contour", f"Contour of {top[0]} and {top[1]}",
                           lambda: ov.plot_contour(study, params=top, target_name=what), trials, (COLUMN, 2.8),
                           "Objective interpolated over the two most important parameters; dots are trials. "))
         for kind, title, draw, data, size, lead in plots:
-            ax = draw()
+            with plt.rc_context({"figure.figsize": size}):  # Optuna opens its own figure
+                ax = draw()
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            _finish(fig, *size)
+            _finish(fig, st.space, layout=kind != "slice")
             name = f"study_{slug}_{kind}"
             caption = lead + base
             files = save(fig, out, name, caption)
