@@ -156,9 +156,18 @@ def test_study_plots_from_the_storage_or_rebuilt_from_the_tracking_store(store, 
     assert {f"study_tpe_{k}.{e}" for k in ("history", "importances", "slice", "contour") for e in ("png", "pdf", "csv")} <= names
     history = pd.read_csv(tmp_path / "a" / "study_tpe_history.csv")
     assert len(history) == 4 and "the Optuna storage" in (tmp_path / "a" / "study_tpe_history.txt").read_text()
-    rebuilt = build_report(settings.tracking_uri, "tpe", tmp_path / "b", storage=f"sqlite:///{tmp_path}/gone.db",
-                           log_artifacts=False)
+    # storage gone: rebuilt from the tracking store; here inside a comparison with the grid
+    rebuilt = build_report(settings.tracking_uri, ["tpe", "alr"], tmp_path / "b", storage=f"sqlite:///{tmp_path}/gone.db")
     again = pd.read_csv(tmp_path / "b" / "study_tpe_history.csv")
     assert "the tracking store" in (tmp_path / "b" / "study_tpe_history.txt").read_text()
     assert again["value"].tolist() == pytest.approx(history["value"].tolist())
     assert {f for f in rebuilt["files"] if f.startswith("study_")} == names
+    # a comparison lands beside each study's own report on the parent runs, never over it
+    from mlflow import MlflowClient
+
+    alr = runs_of(settings, "alr")
+    alr_parent = alr[alr["tags.bench.study"] == "alr"]["tags.mlflow.parentRunId"].iloc[0]
+    assert alr_parent in rebuilt["logged_on_parent_runs"]
+    paths = {f.path for f in MlflowClient(settings.tracking_uri).list_artifacts(alr_parent, "report/b")}
+    assert "report/b/index.html" in paths
+    assert set(pd.read_csv(tmp_path / "b" / "recall_at_k.csv")["label"]) == {"Proxy-Anchor [tpe]", "Proxy-Anchor [alr]"}

@@ -48,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     args.set, args.retry_failed = [], False
     if not args.all:
+        from bench.report import default_out
+
+        spec = load_spec(args.study)
         args.file = args.study
-        grid.run(args, load_spec(args.study).kind)
-        _report(args, [load_spec(args.study).experiment], args.out)
-        print(f"demo finished in {time.perf_counter() - t0:.1f} s; figures in {args.out or 'reports/<experiment>'}/; "
+        grid.run(args, spec.kind)
+        out = args.out or str(default_out([spec.experiment]))
+        _report(args, [spec.experiment], out)
+        print(f"demo finished in {time.perf_counter() - t0:.1f} s; figures in {out}/ (open index.html); "
               "browse runs with: bench ui", file=sys.stderr)
         return 0
 

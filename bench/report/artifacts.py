@@ -1,6 +1,8 @@
 """The report folder logged on each reported study's parent run, under ``report/``, so
 someone browsing the MLflow UI finds the figures next to the runs they came from
-(``report/index.html``, ``report/heatmap_alpha_delta.png``, ...)."""
+(``report/index.html``, ``report/heatmap_alpha_delta.png``, ...). A comparison of several
+experiments goes under ``report/<its folder name>/`` instead, so it never replaces a
+study's own report."""
 
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ def log_report(client, rs: RunSet, out: Path) -> tuple[list[str], list[str]]:
     A store that refuses artifacts (read-only, no artifact access) costs a warning, not the
     report, which is already written."""
     logged, warnings = [], []
+    path = ARTIFACT_PATH if len(rs.experiments) == 1 else f"{ARTIFACT_PATH}/{out.name}"
     for st in rs.studies.values():
         if not st.parent_run_id or st.parent_run_id in logged:
             continue
         try:
-            client.log_artifacts(st.parent_run_id, str(out), ARTIFACT_PATH)
+            client.log_artifacts(st.parent_run_id, str(out), path)
             logged.append(st.parent_run_id)
         except Exception as e:  # the report stands without it
             warnings.append(f"could not log the report on parent run {st.parent_run_id} of {st.name}: "

@@ -106,8 +106,8 @@ def open_store(tracking_uri: str):
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise ReportInputError(f"no tracking store at {tracking_uri[len('sqlite:///'):]}; run a grid first "
                                "(bench grid FILE) or point --tracking-uri at the store")
-    client = MlflowClient(tracking_uri)
     try:
+        client = MlflowClient(tracking_uri)
         client.search_experiments(max_results=1)
     except Exception as e:  # any driver or server error: the store does not open
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -180,8 +180,8 @@ def load_runset(client, experiments: list[str], tracking_uri: str = "") -> RunSe
                                    "(bench grid FILE), or wait for a running one")
         parents = runs_frame(client, ids, f"tags.`{ROLE}` = 'parent'")
         specs: dict[str, tuple[str, dict[str, Any]]] = {}
-        wanted = set(runs.get(f"tags.{STUDY}", pd.Series(dtype=object)).dropna())
-        wanted |= set(runs.get(f"tags.{REPEAT_STUDY}", pd.Series(dtype=object)).dropna())
+        repeated = runs.get(f"tags.{REPEAT_STUDY}", pd.Series(None, index=runs.index, dtype=object))
+        wanted = set(repeated.where(repeated.notna(), runs.get(f"tags.{STUDY}")).dropna())  # studies, not their .repeat
         if not parents.empty:
             for _, p in parents.sort_values(["start_time", "run_id"]).iterrows():  # a study's oldest parent
                 study = p.get(f"tags.{STUDY}")

@@ -50,6 +50,11 @@ def paper_style() -> Iterator[object]:
         yield plt
 
 
+def panel_row(plt, n: int, height: float):
+    """``(fig, axes)``: ``n`` panels side by side (one per dataset), a column wide for one."""
+    return plt.subplots(1, n, figsize=(COLUMN if n == 1 else min(PAGE, 3.0 * n), height), squeeze=False)
+
+
 def save(fig, out: Path, name: str, caption: str) -> list[str]:
     """``<name>.png`` and ``<name>.pdf`` (vector) in ``out``; returns the file names."""
     import matplotlib.pyplot as plt

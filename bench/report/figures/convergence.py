@@ -12,7 +12,7 @@ from bench.report.captions import clip_note, headline_phrase
 from bench.report.output import Figure
 from bench.report.runs import RunSet
 from bench.report.stats import mean_ci
-from bench.report.style import COLUMN, PAGE, band, colour, marker, paper_style, save
+from bench.report.style import band, colour, marker, panel_row, paper_style, save
 from bench.selection import score_name
 
 NAME = "convergence"
@@ -65,7 +65,7 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
     studies = list(dict.fromkeys(data["study"]))
     with paper_style() as plt:
         n = len(datasets)
-        fig, axes = plt.subplots(1, n, figsize=(COLUMN if n == 1 else min(PAGE, 3.0 * n), 2.4), squeeze=False)
+        fig, axes = panel_row(plt, n, 2.4)
         for ax, ds in zip(axes[0], datasets):
             d = data[data["dataset"] == ds]
             for s in [s for s in studies if s in set(d["study"])]:

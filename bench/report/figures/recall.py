@@ -14,7 +14,7 @@ from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
 from bench.report.runs import RunSet
 from bench.report.stats import mean_ci
-from bench.report.style import COLUMN, PAGE, colour, marker, paper_style, save
+from bench.report.style import colour, marker, panel_row, paper_style, save
 
 COLUMNS = ["dataset", "study", "label", "source", "k", "n", "mean", "ci_low", "ci_high", "published", "cell", "run_ids"]
 NAME = "recall_at_k"
@@ -61,7 +61,7 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
     studies = list(dict.fromkeys(data["study"]))
     with paper_style() as plt:
         n = len(datasets)
-        fig, axes = plt.subplots(1, n, figsize=(COLUMN if n == 1 else min(PAGE, 3.0 * n), 2.5), squeeze=False)
+        fig, axes = panel_row(plt, n, 2.5)
         for ax, ds in zip(axes[0], datasets):
             d = data[data["dataset"] == ds]
             ks = sorted(d["k"].unique())
