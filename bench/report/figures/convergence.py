@@ -71,11 +71,10 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
             for s in [s for s in studies if s in set(d["study"])]:
                 t = d[d["study"] == s].sort_values("epoch")
                 i = studies.index(s)
-                ax.plot(t["epoch"], t["mean"], color=colour(i), label=t["label"].iloc[0], lw=1.0)
+                chosen = [j for j, c in enumerate(t["selected_by"]) if c > 0]  # marked on the line itself
+                ax.plot(t["epoch"], t["mean"], color=colour(i), label=t["label"].iloc[0], lw=1.0, marker=marker(i),
+                        markevery=chosen, ms=4.5, mec="black", mew=0.5)
                 band(ax, list(t["epoch"]), list(t["ci_low"]), list(t["ci_high"]), colour(i), 0.15)
-                sel = t[t["selected_by"] > 0]
-                ax.plot(sel["epoch"], sel["mean"], ls="none", marker=marker(i), color=colour(i), ms=4.5,
-                        mec="black", mew=0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(d["metric"].iloc[0].replace("_recall_at_1", " R@1").replace("val", "validation"))

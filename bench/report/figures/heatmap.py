@@ -59,9 +59,10 @@ def _caption(ps: list[AxisPlan], panels, data: pd.DataFrame, dataset: str) -> st
     x, y = ps[0].plot_axes
     facets = sorted({f for p in ps for f in p.facets})
     repeat_axes = [a for p in ps for a in p.study.repeat_axes]
-    text = (f"Test Recall@1 over {axis_label(x)} (x) and {axis_label(y)} (y) for "
+    text = (f"Test Recall@1 over {axis_label(x)} and {axis_label(y)} for "
             f"{', '.join(dict.fromkeys(p.study.label for p in ps))}" + (f" on {dataset}" if dataset else "") + ". "
-            f"Each cell: {runs_phrase(list(data['n']), repeat_axes)} in the CSV (n per cell there too). "
+            f"Each cell: {runs_phrase(list(data['n']), repeat_axes)}; n, the interval and the runs of every cell "
+            "are in the CSV. "
             f"Boxed: {selection_rule(p.study for p in ps)}. One colour scale for all panels.")
     if facets:
         text += f" One panel per value of {', '.join(facets)} (never averaged over)."

@@ -68,7 +68,8 @@ def _figure(rs: RunSet, ps: list[AxisPlan], out: Path, name: str, metrics: dict[
                 published.append((p.study.label, pub[pub["k"] == 1]))
     caption = _caption(ps, data, metrics, dataset, published)
     files = _draw(data, metrics, x_key, out, name, caption, published)
-    title = (" and ".join(metrics.values()) + f" against {axis_label(x_key)}" + (f" ({dataset})" if dataset else ""))
+    what = " and ".join(metrics.values())
+    title = what[0].upper() + what[1:] + f" against {axis_label(x_key)}" + (f" ({dataset})" if dataset else "")
     return Figure(name, title, caption, data, files)
 
 
@@ -103,8 +104,8 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
     series = list(dict.fromkeys(data["series"]))
     rings = list(metrics) == ["test_recall_at_1"]  # the selected cell is ringed on its own metric only
     with paper_style() as plt:
-        fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN, 2.3 * len(metrics) + 0.2), squeeze=False,
-                                 sharex=True)
+        fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN, 2.3 if len(metrics) == 1 else 1.7 * len(metrics)),
+                                 squeeze=False, sharex=True)
         for ax, (metric, ylabel) in zip(axes[:, 0], metrics.items()):
             d = data[data["metric"] == metric]
             for i, s in enumerate(series):
