@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split, relabel, relabel_ids
 from bench.data.layout import DatasetLayoutError, layout_error, need_root, record_counts
 
 NAME = "features"
@@ -154,8 +154,7 @@ def read_any(path: Path) -> dict[str, np.ndarray | None]:
 
 
 def make_split(d: dict, mask: np.ndarray) -> Split:
-    parents = relabel(d["parents"][mask]) if d["parents"] is not None else None
-    return Split(x=d["x"][mask], y=relabel(d["y"][mask]), parents=parents)
+    return Split.from_ids(d["x"][mask], d["y"][mask], d["parents"][mask] if d["parents"] is not None else None)
 
 
 def split_by_column(d: dict, path: Path) -> tuple[Split, Split, Split | None]:
@@ -170,11 +169,11 @@ def split_by_column(d: dict, path: Path) -> tuple[Split, Split, Split | None]:
     val = make_split(d, s == "val") if has["val"] else None
     if has["query"]:
         ev = (s == "query") | (s == "gallery")
-        y = relabel(d["y"][ev])
+        y, ids = relabel_ids(d["y"][ev])  # query and gallery share one label space
         p = relabel(d["parents"][ev]) if d["parents"] is not None else None
         q = s[ev] == "query"
-        test = Split(x=d["x"][ev][q], y=y[q], parents=p[q] if p is not None else None)
-        test.gallery = Split(x=d["x"][ev][~q], y=y[~q], parents=p[~q] if p is not None else None)
+        test = Split(x=d["x"][ev][q], y=y[q], parents=p[q] if p is not None else None, class_ids=ids)
+        test.gallery = Split(x=d["x"][ev][~q], y=y[~q], parents=p[~q] if p is not None else None, class_ids=ids)
     else:
         test = make_split(d, s == "test")
     return train, test, val

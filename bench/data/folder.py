@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split
 from bench.data.layout import layout_error, need_root, record_counts
 
 NAME = "folder"
@@ -97,11 +97,9 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
 
     def make(part: list[tuple[str, str, list[Path]]]) -> Split:
         x = [str(f) for _, _, imgs in part for f in imgs]
-        y = np.concatenate([np.full(len(imgs), i) for i, (_, _, imgs) in enumerate(part)])
-        parents = None
-        if depth == 2:
-            parents = relabel(np.array([p for p, _, imgs in part for _ in imgs]))
-        return Split(x=x, y=relabel(y), parents=parents)
+        ids = np.array([f"{p}/{c}" if p else c for p, c, imgs in part for _ in imgs])  # the class folders
+        parents = np.array([p for p, _, imgs in part for _ in imgs]) if depth == 2 else None
+        return Split.from_ids(x, ids, parents)
 
     ds = RetrievalDataset(
         name=NAME,
