@@ -182,6 +182,7 @@ class Settings(_Strict):
     artifact_root: str = "mlruns/artifacts"
     storage: str = "sqlite:///studies/optuna.db"
     data_root: str = "~/datasets"
+    threads: int | None = Field(None, ge=1, description="torch/faiss CPU threads per worker; default: cores / live workers")
     trial: dict[str, Any] = Field(default_factory=dict)
 
 
