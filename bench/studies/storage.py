@@ -16,6 +16,7 @@ interval in seconds (the grace period is four intervals; tests use 1), and
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -61,17 +62,23 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     engine_kwargs = {"pool_pre_ping": True}  # a server restart costs one reconnect, not the worker
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": float(os.environ.get("BENCH_SQLITE_TIMEOUT", 10))}}  # wait for a busy writer
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and relied on
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return RDBStorage(
-                with_driver(url),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=beat,
-                grace_period=4 * beat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-        except ConfigError:
-            raise
-        except Exception as e:  # SQLAlchemy/driver errors: say which store and what to do
-            raise explain("--storage", url, e) from None
+    for attempt in range(5):
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and relied on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return RDBStorage(
+                    with_driver(url),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=beat,
+                    grace_period=4 * beat,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            except ConfigError:
+                raise
+            except Exception as e:  # SQLAlchemy/driver errors: say which store and what to do
+                # Workers starting together on a new database race to create its tables;
+                # the losers find them on the next attempt.
+                racing = any(w in str(e).lower() for w in ("already exists", "duplicate key"))
+                if not racing or attempt == 4:
+                    raise explain("--storage", url, e) from None
+                time.sleep(0.5 * (attempt + 1))
