@@ -67,3 +67,19 @@ def explain(what: str, url: str, exc: BaseException) -> StoreError:
         first = mask_url(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
         fix = f"cannot open it ({first}); check the URL, or run bench doctor"
     return StoreError(f"{where}: {fix}")
+
+
+def probe(what: str, url: str) -> None:
+    """Connect once to a PostgreSQL store (5 s timeout) and raise a :class:`StoreError` if
+    that fails, before a library that retries for minutes (MLflow) is handed the URL."""
+    if not url.startswith(("postgresql", "postgres:")):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(with_driver(url), connect_args={"connect_timeout": 5}, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        engine.connect().close()
+    except Exception as e:
+        raise explain(what, url, e) from None
+    finally:
+        engine.dispose()

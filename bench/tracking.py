@@ -68,8 +68,9 @@ def _guarded(fn):
 def prepare_tracking_uri(uri: str) -> str:
     """The URI MLflow should open: a local SQLite store's folder created, a PostgreSQL
     URL given the installed driver (:func:`bench.stores.with_driver`)."""
-    from bench.stores import explain, with_driver
+    from bench.stores import explain, probe, with_driver
 
+    probe("--tracking-uri", uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
         try:

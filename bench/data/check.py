@@ -129,5 +129,7 @@ def format_report(r: dict[str, Any], max_list: int = 20) -> str:
                 lines.append(f"    {item['path']}: {item['error']}" if isinstance(item, dict) else f"    {item}")
             if n > max_list:
                 lines.append(f"    ... and {n - max_list} more")
+    if r.get("empty_class_folders"):
+        lines.append(f"  empty class folders (no image, not loaded): {', '.join(r['empty_class_folders'][:max_list])}")
     lines.append("  OK" if r["ok"] else "  PROBLEMS FOUND")
     return "\n".join(lines)
