@@ -64,16 +64,24 @@ def test_sigkill_on_postgresql_then_plain_rerun(tmp_path, tiny_trial, request, m
     fault_then_rerun(p, "before_trial:kill", monkeypatch)
 
 
-def test_tracker_error_fails_one_trial_which_is_retried(tmp_path, tiny_trial, monkeypatch):
+def in_process(storage: str, fault: str, tmp_path, tiny_trial, monkeypatch):
+    """A project and its settings for running the grid in this process with ``fault``."""
     from bench.config import Settings
-    from bench.studies import StudySpec, run_study
+    from bench.studies import StudySpec
 
     monkeypatch.setattr(faults, "_trials_started", 0)
-    monkeypatch.setenv("BENCH_FAULT", "logging:tracker@2")
-    p = Project(tmp_path, tiny_trial, f"sqlite:///{tmp_path}/optuna.db")
+    monkeypatch.setenv("BENCH_FAULT", fault)
+    p = Project(tmp_path, tiny_trial, storage)
     s = Settings(tracking_uri=p.tracking_uri, artifact_root=str(tmp_path / "mlruns" / "artifacts"),
                  storage=p.storage, trial=tiny_trial)
-    out = run_study(StudySpec(experiment="faults", grid=p.grid), s, progress=False)
+    return p, s, StudySpec(experiment="faults", grid=p.grid)
+
+
+def test_tracker_error_fails_one_trial_which_is_retried(tmp_path, tiny_trial, monkeypatch):
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"sqlite:///{tmp_path}/optuna.db", "logging:tracker@2", tmp_path, tiny_trial, monkeypatch)
+    out = run_study(spec, s, progress=False)
     assert (out.completed, out.failed) == (4, 1)
     c = p.census()
     assert c.exactly_once(), c.row()
@@ -81,15 +89,9 @@ def test_tracker_error_fails_one_trial_which_is_retried(tmp_path, tiny_trial, mo
 
 
 def test_ctrl_c_in_process_then_resume(tmp_path, tiny_trial, monkeypatch):
-    from bench.config import Settings
-    from bench.studies import StudySpec, run_study
+    from bench.studies import run_study
 
-    monkeypatch.setattr(faults, "_trials_started", 0)
-    monkeypatch.setenv("BENCH_FAULT", "mid_epoch:int@3")
-    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal")
-    s = Settings(tracking_uri=p.tracking_uri, artifact_root=str(tmp_path / "mlruns" / "artifacts"),
-                 storage=p.storage, trial=tiny_trial)
-    spec = StudySpec(experiment="faults", grid=p.grid)
+    p, s, spec = in_process(f"journal:{tmp_path}/optuna.journal", "mid_epoch:int@3", tmp_path, tiny_trial, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_study(spec, s, progress=False)
     c = p.census()
