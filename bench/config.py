@@ -182,6 +182,7 @@ class Settings(_Strict):
     artifact_root: str = "mlruns/artifacts"
     storage: str = "sqlite:///studies/optuna.db"
     data_root: str = "~/datasets"
+    threads: int | None = Field(None, ge=1, description="torch/faiss CPU threads per worker; default: cores / live workers")
     trial: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -309,8 +310,15 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """
     p = Path(path or os.environ.get("BENCH_CONFIG", "bench.yaml"))
     raw: dict[str, Any] = {}
+    if p.is_dir():
+        raise ConfigError(f"settings file {p} is a folder; name the bench.yaml file")
     if p.exists():
-        raw = yaml.safe_load(p.read_text()) or {}
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{where}; fix the file") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
     elif path is not None:

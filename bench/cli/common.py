@@ -20,6 +20,12 @@ def add_store_options(sp: argparse.ArgumentParser, storage: bool = True) -> None
                                           "(default: bench.yaml's storage)")
 
 
+def add_threads_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--threads", type=int, metavar="N",
+                    help="torch/faiss CPU threads per worker (default: bench.yaml's threads, $BENCH_THREADS, "
+                         "else this machine's cores divided by its live bench workers)")
+
+
 def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``--set key=value`` pairs; values are read as YAML (``64`` -> int, ``[1,2]`` -> list)."""
     from bench.config import ConfigError, parse_value
@@ -42,4 +48,8 @@ def settings_from(args: argparse.Namespace) -> "Settings":
         s.tracking_uri = args.tracking_uri
     if getattr(args, "storage", None):
         s.storage = args.storage
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: give a positive number of threads, e.g. --threads 1")
+        s.threads = args.threads
     return s

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from bench.cli.common import add_store_options
+from bench.cli.common import add_store_options, add_threads_option
 
 
 def register(sub) -> None:
@@ -15,6 +15,7 @@ def register(sub) -> None:
     d.add_argument("--out", default="reports", help="report folder (default: reports)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_options(d)
+    add_threads_option(d)
     d.set_defaults(fn=run)
 
 

@@ -46,5 +46,7 @@ def run(args: argparse.Namespace) -> int:
         info["study_storage"] = "ok"
     except Exception as e:
         info["study_storage"] = f"error: {e}"
-    print(json.dumps(info, indent=2))
+    from bench.secrets import mask_url
+
+    print(mask_url(json.dumps(info, indent=2)))
     return 0

@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     if "://" not in s.artifact_root:
         cmd += ["--default-artifact-root", Path(s.artifact_root).resolve().as_uri()]
-    print("running: " + " ".join(cmd), file=sys.stderr)
+    from bench.secrets import mask_url
+
+    print("running: " + mask_url(" ".join(cmd)), file=sys.stderr)
     exe = Path(sys.executable).parent / "mlflow"
     os.execv(str(exe) if exe.exists() else cmd[0], cmd)
     return 0

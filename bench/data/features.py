@@ -147,6 +147,10 @@ def read_any(path: Path) -> dict[str, np.ndarray | None]:
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise bad(path, f"{path.name}: features must be a numeric (N, F) array, got {x.dtype} {x.shape}")
     d["x"] = x.astype(np.float32, copy=False)
+    bad_rows = np.flatnonzero(~np.isfinite(d["x"]).all(axis=1))
+    if len(bad_rows):
+        raise bad(path, f"{path.name}: {len(bad_rows)} of {len(x)} rows hold NaN or infinite features "
+                        f"(first rows: {', '.join(map(str, bad_rows[:5]))}); drop or repair them")
     for k in ("y", "parents", "split"):
         if d[k] is not None and len(d[k]) != len(x):
             raise bad(path, f"{path.name}: {k} has {len(d[k])} rows but the features have {len(x)}")

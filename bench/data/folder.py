@@ -40,6 +40,14 @@ def subdirs(p: Path) -> list[Path]:
     return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def empty_class_folders(root: Path) -> list[str]:
+    """Class folders without a single image (``bench datasets check`` reports them)."""
+    tops = subdirs(root)
+    if any(is_image(f) for d in tops for f in d.iterdir()):
+        return [d.name for d in tops if not any(is_image(f) for f in d.iterdir())]
+    return [f"{d.name}/{c.name}" for d in tops for c in subdirs(d) if not any(is_image(f) for f in c.iterdir())]
+
+
 def scan(root: Path) -> tuple[list[tuple[str, str, list[Path]]], int]:
     """``(parent, class_key, images)`` per class, and the hierarchy depth (1 or 2).
 
@@ -107,7 +115,8 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
         test=make(test_part),
         kind="images",
         recall_ks=(1, 2, 4, 8),
-        info={"class_names": {"train": [c[1] for c in train_part], "test": [c[1] for c in test_part]}},
+        info={"class_names": {"train": [c[1] for c in train_part], "test": [c[1] for c in test_part]},
+              "empty_class_folders": empty_class_folders(root)},
     )
     record_counts(ds, None, root)
     return ds
