@@ -9,51 +9,19 @@ picked at once runs once: the later trial yields (pruned, ``duplicate_of`` set).
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import optuna
 
 from bench.config import ConfigError, Settings, merge, resolve_trial
-from bench.selection import DEFAULT_REPEAT_AXES, cell_of, select_cell
 from bench.studies.spec import StudySpec, check_suite, preflight, validate_cells
+from bench.studies.storage import make_storage
+from bench.studies.summary import selected_cell
 from bench.train import TrialFailed, run_trial
-
-
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna storage from a URL.
-
-    ``sqlite:///...`` and ``postgresql://...``: RDB storage with heartbeats, so a trial whose
-    process died is marked failed and retried once. ``journal:PATH`` (or a path ending in
-    ``.log``/``.journal``): the journal file backend Optuna recommends for parallel local
-    workers.
-    """
-    import warnings
-
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
-
-    if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in url:
-        raise ConfigError(f"--storage {url!r}: use sqlite:///PATH, postgresql://..., or journal:PATH")
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and relied on
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            heartbeat_interval=30,
-            grace_period=120,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
 
 
 @dataclass
@@ -293,7 +261,7 @@ def run_study(
     finally:
         if bar is not None:
             bar.close()
-        best = _best(study)
+        best = selected_cell(study)
         summary = {"best_value": best["value"], "best_test_recall_at_1": best["test_recall_at_1"]} if best else {}
         tracker.end_parent(parent, summary)
     return StudyOutcome(spec.name, counts["completed"], counts["failed"], already, best, parent)
@@ -306,26 +274,8 @@ def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | No
     return [run_study(part, settings, datasets=datasets, **kwargs) for part in spec.expand()]
 
 
-def _best(study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXES) -> dict[str, Any]:
-    """The selected cell of the study's complete trials (:mod:`bench.selection`'s rule):
-    its params, mean selection score ``value`` and mean test R@1 over its repeats."""
-    TS = optuna.trial.TrialState
-    done = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
-    by_cell = {}
-    for t in done:
-        by_cell.setdefault(cell_of(t.params, repeat_axes), []).append(t)
-    cell = select_cell({c: [t.value for t in ts] for c, ts in by_cell.items()})
-    if cell is None:
-        return {}
-    ts = by_cell[cell]
-    tests = [t.user_attrs.get("test_recall_at_1", float("nan")) for t in ts]
-    return {"number": ts[0].number, "params": json.loads(cell), "value": sum(t.value for t in ts) / len(ts),
-            "test_recall_at_1": sum(tests) / len(tests), "repeats": len(ts),
-            "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
-
-
 def _refresh_bar(bar, study: optuna.Study) -> None:
-    b = _best(study)
+    b = selected_cell(study)
     TS = optuna.trial.TrialState
     failed = len(study.get_trials(deepcopy=False, states=(TS.FAIL,)))
     if b:
