@@ -43,6 +43,10 @@ def test_a_missing_store_imports_nothing_heavy(tmp_path):
         assert loaded(*argv, cwd=tmp_path) == {"code": 2, "heavy": []}, argv
 
 
+def test_listing_datasets_imports_nothing_heavy(tmp_path):
+    assert loaded("datasets", "list", cwd=tmp_path) == {"code": 0, "heavy": []}
+
+
 def test_a_rejected_config_or_study_file_imports_nothing_heavy(tmp_path):
     assert loaded("run", "--no-track", "--set", "loss.alpha=-1", cwd=tmp_path) == {"code": 2, "heavy": []}
     assert loaded("run", "--no-track", "--set", "model.backbone=resnet50", "--set", "train.lr=.inf",
