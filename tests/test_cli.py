@@ -153,17 +153,6 @@ def test_doctor_names_the_settings_file_and_creates_nothing(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-def test_doctor_on_existing_stores(workdir, capsys):
-    (workdir / "g.yaml").write_text("experiment: doc\nkind: grid\ngrid: {loss.alpha: [8]}\n")
-    assert main(["grid", "g.yaml", "--no-progress", "--set", "train.epochs=1"]) == 0
-    capsys.readouterr()
-    assert main(["doctor"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["settings_file"] == str(workdir / "bench.yaml")
-    assert info["tracking_store"] == "ok (2 experiments)"  # MLflow's Default and `doc`
-    assert info["study_storage"] == "ok (1 studies)"
-
-
 def test_datasets_list_says_built_in_or_where_files_go(workdir, capsys):
     s = yaml.safe_load((workdir / "bench.yaml").read_text())
     s["data_root"] = str(workdir / "data")

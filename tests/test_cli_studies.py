@@ -89,6 +89,14 @@ def test_studies_list_and_experiments(store, capsys):
     assert "st-grid" in capsys.readouterr().out
 
 
+def test_doctor_opens_existing_stores(store, capsys):
+    assert main(["doctor"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["settings_file"] == str(store / "bench.yaml")
+    assert info["tracking_store"] == "ok (2 experiments)"  # MLflow's Default and st-grid
+    assert info["study_storage"] == "ok (1 studies)"
+
+
 def test_unknown_study_names_the_known_ones(store, capsys):
     assert main(["studies", "show", "nope"]) == 2
     err = capsys.readouterr().err

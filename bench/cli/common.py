@@ -68,7 +68,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], file=Non
     """``rows`` as aligned plain-text columns (numbers right-aligned), with a header."""
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    right = [all(isinstance(r.get(c), (int, float)) for r in rows if r.get(c) is not None) and rows
+    right = [bool(rows) and all(isinstance(r.get(c), (int, float)) for r in rows if r.get(c) is not None)
              for c in columns]
 
     def line(values: Sequence[str]) -> str:
