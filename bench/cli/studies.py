@@ -129,21 +129,28 @@ def run_show(args: argparse.Namespace) -> int:
         lines.append(("cells", f"{c['complete']} of {c['total']} complete ({' x '.join(c['axes'])})"))
     sel = d["selected"]
     if sel:
-        cell = ", ".join(f"{k}={v}" for k, v in sel["params"].items()) or "(no axes)"
+        cell = _cell(sel["params"]) or "(no axes)"
         metric = f"{d['select_on']} R@1"
         lines.append(("selected", f"{cell}: highest mean {metric} over {sel['repeats']} repeat(s) "
                                   f"(repeats over {', '.join(d['repeat_axes'])})"))
+        run = f", MLflow run {sel['mlflow_run_id']}" if sel["mlflow_run_id"] else ""
         lines.append(("", f"{metric} {sel['value']:.4f}, test R@1 {sel['test_recall_at_1']:.4f}; "
-                          f"trial {sel['number']}, MLflow run {sel['mlflow_run_id']}"))
+                          f"trial {sel['number']}{run}"))
     else:
         lines.append(("selected", "none yet (no complete trial)"))
     for f in d["failures"][:5]:
-        lines.append(("failed", f"trial {f['trial']} {f['params']}: {f['reason'][:200]}"))
+        lines.append(("failed", f"trial {f['trial']} ({_cell(f['params'])}): "
+                                f"{f['reason'][:200] or 'no reason recorded'}"))
     if len(d["failures"]) > 5:
         lines.append(("", f"... and {len(d['failures']) - 5} more (--json lists all)"))
     for k, v in lines:
         print(f"{k:<12} {v}")
     return 0
+
+
+def _cell(params: dict[str, Any]) -> str:
+    """``loss.alpha=34.38, loss.delta=0.1``: floats to 4 significant digits (--json has them all)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _known(studies: dict[str, Any]) -> str:
