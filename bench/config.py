@@ -302,13 +302,19 @@ def resolve_trial(
     return validate_trial(d)
 
 
+def settings_path(path: str | Path | None = None) -> Path:
+    """The settings file a command reads: ``path`` (``--config``), else ``$BENCH_CONFIG``,
+    else ``./bench.yaml`` (which may not exist: then the defaults apply)."""
+    return Path(path or os.environ.get("BENCH_CONFIG", "bench.yaml"))
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
-    """Read ``bench.yaml`` (``$BENCH_CONFIG`` or ./bench.yaml); defaults if absent.
+    """Read :func:`settings_path`; defaults if absent.
 
     ``MLFLOW_TRACKING_URI`` overrides the file's tracking URI; command-line flags override
     both (the CLI applies them).
     """
-    p = Path(path or os.environ.get("BENCH_CONFIG", "bench.yaml"))
+    p = settings_path(path)
     raw: dict[str, Any] = {}
     if p.is_dir():
         raise ConfigError(f"settings file {p} is a folder; name the bench.yaml file")

@@ -15,13 +15,22 @@ import sys
 from typing import Sequence
 
 #: Command modules, in the order ``bench --help`` lists them.
-COMMANDS = ("run", "grid", "report", "demo", "ui", "server", "datasets", "doctor")
+COMMANDS = ("run", "grid", "report", "demo", "experiments", "studies", "ui", "dashboard", "server", "datasets", "doctor")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: its description is the command module's docstring, shown with
+    its paragraphs kept and the reST double backquotes dropped (sub-commands inherit it)."""
+
+    def __init__(self, *args, description: str | None = None, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, description=description.replace("``", "") if description else None, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Benchmark proxy-based metric-learning losses.")
     p.add_argument("--config", default=None, help="settings file (default: $BENCH_CONFIG or ./bench.yaml)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name in COMMANDS:
         importlib.import_module(f"bench.cli.{name}").register(sub)
     return p

@@ -26,7 +26,7 @@ import optuna
 
 from bench import threads
 from bench.config import ConfigError, Settings, flatten, merge, resolve_trial
-from bench.selection import DEFAULT_REPEAT_AXES, cell_of, select_cell
+from bench.studies.summary import selected_cell, state_counts
 from bench.studies import faults, recovery
 from bench.studies.cell_sampler import CellSampler
 from bench.studies.recovery import Board, cell_key, worker_id
@@ -323,10 +323,9 @@ def _summarise(study, tracker, parent: str, cells, interrupted: bool, counts: di
     except Exception:
         pass  # a store that is gone now: the next run closes them
     trials = study.get_trials(deepcopy=False)
-    best = _best(study)
-    summary = {"trials_complete": sum(t.state == TS.COMPLETE for t in trials),
-               "trials_pruned": sum(t.state == TS.PRUNED and not recovery.is_duplicate(t) for t in trials),
-               "trials_failed": sum(recovery.is_final_failure(t) for t in trials)}
+    best = selected_cell(study)
+    states = state_counts(trials)
+    summary = {"trials_complete": states["complete"], "trials_pruned": states["pruned"], "trials_failed": states["failed"]}
     tags = {}
     if best:
         sel = "test" if best["select_on"] == "test" else "val"
@@ -352,24 +351,3 @@ def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | No
     """Every variant of a study file, in order; all of them validated before the first runs."""
     datasets = check_suite(spec, settings, kwargs.get("data_root"), datasets)  # each dataset loaded once
     return [run_study(part, settings, datasets=datasets, **kwargs) for part in spec.expand()]
-
-
-def _best(study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXES) -> dict[str, Any]:
-    """The selected cell of the study's complete trials (:mod:`bench.selection`'s rule):
-    its params, mean selection score ``value``, mean test metrics over its repeats."""
-    TS = optuna.trial.TrialState
-    done = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
-    by_cell: dict[str, list] = {}
-    for t in done:
-        by_cell.setdefault(cell_of(t.params, repeat_axes), []).append(t)
-    cell = select_cell({c: [t.value for t in ts] for c, ts in by_cell.items()})
-    if cell is None:
-        return {}
-    ts = by_cell[cell]
-    keys = set.intersection(*(set(t.user_attrs.get("metrics", {})) for t in ts)) or {"test_recall_at_1"}
-    means = {k: sum(t.user_attrs.get("metrics", {}).get(k, t.user_attrs.get(k, float("nan"))) for t in ts) / len(ts)
-             for k in sorted(keys)}
-    select_on = (study.user_attrs.get("base_trial", {}).get("eval", {}) or {}).get("select_on", "val")
-    return {"number": ts[0].number, "params": json.loads(cell), "value": sum(t.value for t in ts) / len(ts),
-            "test_recall_at_1": means.get("test_recall_at_1", float("nan")), "metrics": means,
-            "repeats": len(ts), "select_on": select_on, "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
