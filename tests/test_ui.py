@@ -95,7 +95,13 @@ def test_bench_ui_serves_the_store(ui):
         body = json.load(r)
     assert body["experiment"]["name"] == EXPERIMENT
     with urllib.request.urlopen(f"{base}/", timeout=5) as r:
-        assert r.status == 200 and b"<html" in r.read(2000).lower()
+        page = r.read()
+    assert r.status == 200 and b"<html" in page[:2000].lower()
+    from bench.ui_front import DEFAULT_MODE_SCRIPT
+
+    assert page.count(DEFAULT_MODE_SCRIPT) == 1  # Model training by default, for a browser with no choice yet
+    with urllib.request.urlopen(f"{base}/static-files/favicon.ico", timeout=5) as r:  # passed through untouched
+        assert r.status == 200 and DEFAULT_MODE_SCRIPT not in r.read()
 
 
 @pytest.mark.browser
@@ -110,9 +116,9 @@ def test_a_reader_finds_the_study_in_the_mlflow_ui(ui, browser, capsys):
     page.set_default_timeout(60_000)
     try:
         page.goto(f"{base}/#/experiments")
-        # MLflow 3 opens experiments in its GenAI mode (a traces overview) until the reader
-        # picks "Model training", once per browser; `bench ui` says so when it starts.
-        page.get_by_role("button", name="Model training").click()
+        # MLflow 3 opens experiments in its GenAI mode (a traces overview) unless the browser
+        # chose "Model training"; `bench ui` makes that the default for a new browser, so the
+        # experiment opens straight on its runs table (no click on the mode switch here).
         page.get_by_role("link", name=EXPERIMENT, exact=True).click()
         grid = page.get_by_role("grid")
         parent = grid.get_by_role("link", name=EXPERIMENT, exact=True)  # the parent run, named after its study
