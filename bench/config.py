@@ -182,6 +182,7 @@ class Settings(_Strict):
     artifact_root: str = "mlruns/artifacts"
     storage: str = "sqlite:///studies/optuna.db"
     data_root: str = "~/datasets"
+    threads: int | None = Field(None, ge=1, description="torch/faiss CPU threads per worker; default: cores / live workers")
     ui_url: str | None = Field(None, description="MLflow UI address reports link run ids into, e.g. http://127.0.0.1:5000")
     trial: dict[str, Any] = Field(default_factory=dict)
 
@@ -302,16 +303,29 @@ def resolve_trial(
     return validate_trial(d)
 
 
+def settings_path(path: str | Path | None = None) -> Path:
+    """The settings file a command reads: ``path`` (``--config``), else ``$BENCH_CONFIG``,
+    else ``./bench.yaml`` (which may not exist: then the defaults apply)."""
+    return Path(path or os.environ.get("BENCH_CONFIG", "bench.yaml"))
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
-    """Read ``bench.yaml`` (``$BENCH_CONFIG`` or ./bench.yaml); defaults if absent.
+    """Read :func:`settings_path`; defaults if absent.
 
     ``MLFLOW_TRACKING_URI`` overrides the file's tracking URI; command-line flags override
     both (the CLI applies them).
     """
-    p = Path(path or os.environ.get("BENCH_CONFIG", "bench.yaml"))
+    p = settings_path(path)
     raw: dict[str, Any] = {}
+    if p.is_dir():
+        raise ConfigError(f"settings file {p} is a folder; name the bench.yaml file")
     if p.exists():
-        raw = yaml.safe_load(p.read_text()) or {}
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{where}; fix the file") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
     elif path is not None:

@@ -3,6 +3,15 @@
 Uses :class:`mlflow.MlflowClient` (explicit run ids, no fluent global state), so several
 trials can log from one process. Metrics go in batches: one ``log_batch`` per evaluated
 epoch holding every metric of that epoch, never one call per value.
+
+What a reader sees in the MLflow UI is decided here: the experiment is tagged as classic
+model training (``mlflow.experimentKind``), so the UI opens its runs table rather than the
+GenAI overview; the study file's ``description`` is the experiment's and the parent run's
+note; the parent run is named after the study and carries its fixed settings and axes as
+params and the selected cell's numbers as metrics; each child run is named after its cell
+(``alpha=8 delta=0.3``) and says how it ended in ``bench.outcome`` (complete, pruned,
+failed, interrupted, worker_died). Any failing tracking call raises
+:class:`TrackingError`, which fails that trial only.
 """
 
 from __future__ import annotations
@@ -20,21 +29,68 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from bench.secrets import mask_url
+
 if TYPE_CHECKING:
     import pandas as pd
 
 ROLE, STUDY = "bench.role", "bench.study"
 PARENT_TAG = "mlflow.parentRunId"
+OUTCOME = "bench.outcome"
+NOTE = "mlflow.note.content"
+#: The experiment-kind tag MLflow 3's UI reads to pick the runs table (classic training)
+#: over the GenAI overview it guesses for untagged experiments.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 CURVE = "curve/"
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "mlflow", "optuna", "pytorch-metric-learning", "pydantic")
 
 
+class TrackingError(RuntimeError):
+    """A call to the tracking store failed (full disk, server gone); fails one trial."""
+
+
+def _guarded(fn):
+    """Turn any failure of a tracking call into :class:`TrackingError` (password masked)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise TrackingError(mask_url(f"{fn.__name__}: {type(e).__name__}: {e}")) from e
+
+    return wrapper
+
+
 def prepare_tracking_uri(uri: str) -> str:
-    """Create the folder of a local SQLite store so MLflow can open it."""
+    """The URI MLflow should open: a local SQLite store's folder created, a PostgreSQL
+    URL given the installed driver (:func:`bench.stores.with_driver`)."""
+    from bench.stores import explain, probe, with_driver
+
+    probe("--tracking-uri", uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return uri
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise explain("--tracking-uri", uri, e) from None
+    return with_driver(uri)
+
+
+def run_name(cell: dict[str, Any]) -> str:
+    """A child run's name: its cell, short keys (``alpha=8 delta=0.3``); a key keeps its
+    full dotted path where the short one would be ambiguous; floats to 4 significant digits."""
+    short = [k.rsplit(".", 1)[-1] for k in cell]
+    parts = []
+    for (k, v), s in zip(cell.items(), short):
+        name = s if short.count(s) == 1 else k
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        parts.append(f"{name}={v}")
+    return " ".join(parts) or "trial"
 
 
 @lru_cache(maxsize=1)
@@ -70,7 +126,7 @@ def git_commit() -> str:
 
 
 def _str_params(flat: dict[str, Any]) -> dict[str, str]:
-    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()}
+    return {k: mask_url(json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()}
 
 
 @contextlib.contextmanager
@@ -118,81 +174,128 @@ def runs_frame(client, experiment_ids: list[str], filter_string: str = "") -> pd
 class Tracker:
     """An experiment in an MLflow store; hands out parent and trial runs."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None,
+                 description: str = ""):
         from mlflow import MlflowClient
+
+        from bench.stores import StoreError, explain
 
         # Never mlflow.set_tracking_uri(): in MLflow 3 it exports MLFLOW_TRACKING_URI to the
         # whole process, so a later settings load (another trial, a notebook cell) would
         # silently log into this store.
         self.uri = prepare_tracking_uri(tracking_uri)
         self.experiment_name = experiment
-        with store_init_lock(self.uri):  # MlflowClient() creates/migrates the schema
-            self.client = MlflowClient(self.uri)
-            self.experiment_id = self._experiment(experiment, artifact_root)
+        try:
+            with store_init_lock(self.uri):  # MlflowClient() creates/migrates the schema
+                self.client = MlflowClient(self.uri)
+                self.experiment_id = self._experiment(experiment, artifact_root, description)
+        except StoreError:
+            raise
+        except Exception as e:  # unreachable server, locked or read-only file, wrong password
+            raise explain("--tracking-uri", tracking_uri, e) from None
 
-    def _experiment(self, name: str, artifact_root: str | None) -> str:
+    def _experiment(self, name: str, artifact_root: str | None, description: str) -> str:
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        location = None
-        if artifact_root and "://" not in artifact_root and not self.uri.startswith(("http", "databricks")):
-            location = (Path(artifact_root).expanduser().resolve() / name).as_uri()
-        elif artifact_root and "://" in artifact_root:
-            location = f"{artifact_root.rstrip('/')}/{name}"
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # another worker created it first
+        if exp is None:
+            location = None
+            if artifact_root and "://" not in artifact_root and not self.uri.startswith(("http", "databricks")):
+                location = (Path(artifact_root).expanduser().resolve() / name).as_uri()
+            elif artifact_root and "://" in artifact_root:
+                location = f"{artifact_root.rstrip('/')}/{name}"
+            try:
+                self.client.create_experiment(name, artifact_location=location)
+            except MlflowException:  # another worker created it first
+                pass
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
-                raise
-            return exp.experiment_id
+                raise TrackingError(f"could not create experiment {name!r}")
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        want = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]}
+        if description:
+            want[NOTE] = description
+        for k, v in want.items():
+            if exp.tags.get(k) != v:
+                self.client.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id
 
-    def parent_run(self, study: str, kind: str, spec: dict[str, Any]) -> str:
-        """The grid/study's parent run: reused when resuming, created otherwise."""
+    def runs(self, role: str, study: str | None = None, status: str | None = None) -> list:
+        """Runs of this experiment with ``bench.role=role`` (and study, status), every page.
+
+        Study names are compared here rather than in the filter string, so names with
+        quotes need no escaping.
+        """
+        flt = f"tags.`{ROLE}` = '{role}'" + (f" and attributes.status = '{status}'" if status else "")
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=1000, page_token=token)
+            out += [r for r in page if study is None or r.data.tags.get(STUDY) == study]
+            token = page.token
+            if not token:
+                return out
+
+    @_guarded
+    def parent_run(self, study: str, kind: str, spec: dict[str, Any], *, description: str = "",
+                   params: dict[str, Any] | None = None) -> str:
+        """The grid/study's parent run, named after the study: reused when resuming (it is
+        created once, by the first worker), created otherwise. ``params``: the study's
+        fixed settings and axes; ``spec``: the study file, logged as ``study.yaml``."""
         found = self._parents(study)
         if found:
             run_id = found[0]
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        tags = {ROLE: "parent", STUDY: study, "bench.kind": kind, "mlflow.runName": f"{kind}:{study}"}
+        tags = {ROLE: "parent", STUDY: study, "bench.kind": kind, "mlflow.runName": study}
+        if description:
+            tags[NOTE] = description
         tags.update(self._env_tags())
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{kind}:{study}")
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=study)
         # Two workers starting together may both have created one: all keep the oldest.
         keep = self._parents(study)[0]
         if keep != run.info.run_id:
             self.client.delete_run(run.info.run_id)
             return keep
+        from mlflow.entities import Param
+
+        flat = [Param(k, v) for k, v in _str_params(params or {}).items()]
+        for i in range(0, len(flat), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run.info.run_id, params=flat[i : i + 100])
         self.client.log_text(run.info.run_id, yaml.safe_dump(spec, sort_keys=False), "study.yaml")
         return run.info.run_id
 
     def _parents(self, study: str) -> list[str]:
         """Run ids of the study's parent runs, oldest first (ties by run id)."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'"
-        )
+        runs = self.runs("parent", study)
         return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
 
-    def end_parent(self, run_id: str, summary: dict[str, float], status: str = "FINISHED") -> None:
-        from mlflow.entities import Metric
+    @_guarded
+    def end_parent(self, run_id: str, summary: dict[str, float], status: str = "FINISHED",
+                   tags: dict[str, str] | None = None) -> None:
+        """The study's summary on its parent run (metrics at step 0, replacing earlier
+        values), then its status."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        tag_list = [RunTag(k, mask_url(v)) for k, v in (tags or {}).items()]
+        if metrics or tag_list:
+            self.client.log_batch(run_id, metrics=metrics, tags=tag_list)
         self.client.set_terminated(run_id, status=status)
 
+    @_guarded
     def start_trial(
-        self, parent_id: str | None, study: str, number: int, config: dict[str, Any], cell: dict[str, Any]
+        self, parent_id: str | None, study: str, number: int, config: dict[str, Any], cell: dict[str, Any],
+        worker: str = "",
     ) -> "TrialRun":
         from mlflow.entities import Param
 
-        name = f"trial-{number:03d}"
+        name = run_name(cell) if cell else f"trial-{number:03d}"
         tags = {ROLE: "trial", STUDY: study, "bench.trial_number": str(number), "mlflow.runName": name,
                 "bench.cell": json.dumps(cell, sort_keys=True), "bench.selection": config["eval"]["select_on"]}
+        if worker:
+            tags["bench.worker"] = worker
         if parent_id:
             tags[PARENT_TAG] = parent_id
         tags.update(self._env_tags())
@@ -214,21 +317,24 @@ class Tracker:
 
 
 class TrialRun:
-    """One trial's child run: per-epoch metrics, final metrics, artifacts, status."""
+    """One trial's child run: per-epoch metrics, final metrics, artifacts, how it ended."""
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
 
+    @_guarded
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, mask_url(v)) for k, v in tags.items()])
 
+    @_guarded
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Callback for :func:`bench.train.run_trial`: one batched call per epoch.
 
-        Curves go under ``curve/`` so the final, selected-epoch ``val_recall_at_1`` is not
-        shadowed by the last epoch's value (MLflow shows a metric's highest step).
+        Curves go under ``curve/`` with step = epoch, so the final, selected-epoch
+        ``val_recall_at_1`` is not shadowed by the last epoch's value (MLflow shows a
+        metric's highest step).
         """
         from mlflow.entities import Metric
 
@@ -236,6 +342,7 @@ class TrialRun:
         batch = [Metric(f"{CURVE}{k}", float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    @_guarded
     def log_setup(self, info: dict[str, Any]) -> None:
         """Called once the trial knows its device and data; phase-1 metrics land here too."""
         from mlflow.entities import Metric, RunTag
@@ -249,13 +356,19 @@ class TrialRun:
                    if k not in ("device", "dataset_fingerprint") and isinstance(v, (int, float))]
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
-    def finish(self, result) -> None:
+    @_guarded
+    def log_result(self, result) -> None:
+        """The trial's final metrics (at the selected epoch) and ``history.csv``; the run
+        stays open until the study has recorded the trial (:meth:`close`)."""
         from mlflow.entities import Metric
+
+        from bench.studies import faults
 
         now = int(time.time() * 1000)
         final = [Metric(k, float(v), now, result.best_epoch) for k, v in result.metrics.items()]
         final.append(Metric("trial_seconds", float(result.seconds), now, 0))
         self.client.log_batch(self.run_id, metrics=final)
+        faults.hit("logging")
         if result.history:
             keys = list(dict.fromkeys(k for row in result.history for k in row))
             buf = io.StringIO()
@@ -263,8 +376,35 @@ class TrialRun:
             for row in result.history:
                 buf.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
             self.client.log_text(self.run_id, buf.getvalue(), "history.csv")
-        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def finish(self, result) -> None:
+        """Log the result and close the run as FINISHED (a trial outside any study)."""
+        self.log_result(result)
+        self.close("complete")
 
     def fail(self, reason: str, status: str = "FAILED") -> None:
-        self.set_tags({"bench.failure_reason": reason[:4000]})
-        self.client.set_terminated(self.run_id, status=status)
+        self.close("failed", reason, status=status)
+
+    @_guarded
+    def close(self, outcome: str, reason: str = "", status: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        """End the run: ``outcome`` in ``bench.outcome`` (and ``reason`` in
+        ``bench.failure_reason`` for failures), status FINISHED for complete and pruned
+        trials, FAILED for failures, KILLED for interrupted or dead workers."""
+        close_run(self.client, self.run_id, outcome, reason, status, tags)
+
+
+#: MLflow status per outcome; pruned trials finished as asked (their curves are real).
+OUTCOME_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED",
+                  "interrupted": "KILLED", "worker_died": "KILLED", "tracker_error": "FAILED"}
+
+
+def close_run(client, run_id: str, outcome: str, reason: str = "", status: str | None = None,
+              tags: dict[str, Any] | None = None) -> None:
+    """Close any trial run (this process's, or one a dead worker left RUNNING)."""
+    from mlflow.entities import RunTag
+
+    all_tags = {OUTCOME: outcome, **(tags or {})}
+    if reason:
+        all_tags["bench.failure_reason" if outcome != "pruned" else "bench.pruned_reason"] = reason[:4000]
+    client.log_batch(run_id, tags=[RunTag(k, mask_url(v)) for k, v in all_tags.items()])
+    client.set_terminated(run_id, status=status or OUTCOME_STATUS.get(outcome, "FAILED"))

@@ -113,3 +113,59 @@ def test_datasets_check_defaults_to_data_root(workdir, capsys):
     (workdir / "bench.yaml").write_text(yaml.safe_dump(s))
     assert main(["datasets", "check", "cub"]) == 0
     assert json.loads(capsys.readouterr().out)["root"] == str(workdir / "data" / "cub")
+
+
+def all_parsers(parser, path=("bench",)):
+    """``(command path, parser)`` for the parser and every sub-command below it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_parsers(sub, path + (name,))
+
+
+def test_every_command_and_option_has_help_text():
+    import argparse
+
+    from bench.cli import build_parser
+
+    seen = []
+    for path, parser in all_parsers(build_parser()):
+        seen.append(" ".join(path))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                assert all(helps.get(n) for n in action.choices), (path, helps)
+            else:
+                assert action.help and action.help.strip(), (path, action.option_strings or action.dest)
+    assert {"bench studies delete", "bench experiments", "bench dashboard", "bench datasets"} <= set(seen)
+
+
+def test_doctor_names_the_settings_file_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BENCH_CONFIG", raising=False)
+    assert main(["doctor"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["settings_file"].startswith("none found (bench.yaml does not exist)")
+    assert info["tracking_store"].startswith("not created yet: ") and info["study_storage"].startswith("not created")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_datasets_list_says_built_in_or_where_files_go(workdir, capsys):
+    s = yaml.safe_load((workdir / "bench.yaml").read_text())
+    s["data_root"] = str(workdir / "data")
+    (workdir / "bench.yaml").write_text(yaml.safe_dump(s))
+    (workdir / "data" / "cub").mkdir(parents=True)
+    assert main(["datasets", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["synthetic"]["source"] == rows["digits"]["source"] == "built in"
+    assert rows["synthetic"]["where"] is None
+    for name in ("cub", "cars", "sop", "inshop", "folder", "features"):
+        assert rows[name]["source"] == "files" and rows[name]["where"] == str(workdir / "data" / name)
+        assert rows[name]["layout"]
+    assert rows["cub"]["found"] is True and rows["cars"]["found"] is False
+    assert main(["datasets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "built in" in out and str(workdir / "data" / "cars") in out

@@ -28,9 +28,23 @@ def loaded(*argv, cwd=None):
 
 
 def test_help_imports_nothing_heavy():
+    from bench.cli import COMMANDS
+
     assert loaded("--help") == {"code": 0, "heavy": []}
-    for cmd in ("run", "grid", "report", "demo", "ui", "datasets", "doctor"):
+    for cmd in COMMANDS:
         assert loaded(cmd, "--help") == {"code": 0, "heavy": []}, cmd
+    for action in ("list", "show", "delete"):
+        assert loaded("studies", action, "--help") == {"code": 0, "heavy": []}, action
+
+
+def test_a_missing_store_imports_nothing_heavy(tmp_path):
+    """Commands that read the stores refuse a store that is not there before loading MLflow/Optuna."""
+    for argv in (("studies", "list"), ("studies", "show", "x"), ("experiments",), ("dashboard",)):
+        assert loaded(*argv, cwd=tmp_path) == {"code": 2, "heavy": []}, argv
+
+
+def test_listing_datasets_imports_nothing_heavy(tmp_path):
+    assert loaded("datasets", "list", cwd=tmp_path) == {"code": 0, "heavy": []}
 
 
 def test_a_rejected_config_or_study_file_imports_nothing_heavy(tmp_path):

@@ -300,3 +300,62 @@ def test_select_on_val_without_val_split_fails_before_any_trial(stores):
     from mlflow import MlflowClient
 
     assert MlflowClient(settings.tracking_uri).get_experiment_by_name("noval") is None
+
+
+def test_what_the_mlflow_ui_shows(stores):
+    """Experiment kind and description, child runs named after their cell, the parent run
+    as the study's summary (fixed settings and axes as params, the selected cell's numbers
+    as metrics, counts), a name with quotes handled."""
+    from mlflow import MlflowClient
+
+    from bench.selection import select_cell
+
+    settings, _ = stores
+    name = "it's \"quoted\""
+    spec = StudySpec(experiment=name, kind="grid", grid=GRID, description="alpha x delta on tiny data")
+    out = run_study(spec, settings, progress=False)
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.note.content"] == "alpha x delta on tiny data"
+    runs = client.search_runs([exp.experiment_id])
+    kids = [r for r in runs if r.data.tags["bench.role"] == "trial"]
+    assert sorted(r.info.run_name for r in kids) == ["alpha=16 delta=0", "alpha=16 delta=0.2",
+                                                     "alpha=32 delta=0", "alpha=32 delta=0.2"]
+    assert {r.data.tags["bench.outcome"] for r in kids} == {"complete"}
+    parent = client.get_run(out.parent_run_id)
+    assert parent.info.run_name == name and parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.note.content"] == "alpha x delta on tiny data"
+    p, m = parent.data.params, parent.data.metrics
+    assert p["axis.loss.alpha"] == "[16.0, 32.0]" and p["train.epochs"] == "3" and "loss.alpha" not in p
+    assert not any(k.startswith("study.") for k in p)  # a grid has no sampler, pruner or budget
+    assert (m["trials_complete"], m["trials_pruned"], m["trials_failed"]) == (4, 0, 0)
+    # The selected cell, recomputed from the child runs with the one selection rule.
+    cells = {r.data.tags["bench.cell"]: [r.data.metrics["val_recall_at_1"]] for r in kids}
+    chosen = select_cell(cells)
+    best = next(r for r in kids if r.data.tags["bench.cell"] == chosen)
+    assert parent.data.tags["bench.selected_cell"] == chosen
+    assert m["selected_val_recall_at_1"] == pytest.approx(best.data.metrics["val_recall_at_1"])
+    for k in (1, 2, 4):
+        assert m[f"selected_test_recall_at_{k}"] == pytest.approx(best.data.metrics[f"test_recall_at_{k}"])
+    assert run_study(spec, settings, progress=False).completed == 0  # resumes under the quoted name
+
+
+def test_pruned_trials_are_not_failures(stores, monkeypatch):
+    from mlflow import MlflowClient
+
+    settings, _ = stores
+    spec = StudySpec(experiment="prune", kind="study", n_trials=7, sampler="random", pruner="median",
+                     space={"loss.alpha": {"log_uniform": [1, 256]}, "train.lr": {"log_uniform": [1e-5, 1e-1]}},
+                     trial={"train": {"epochs": 4}})
+    out = run_study(spec, settings, progress=False)
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name("prune")
+    kids = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["bench.role"] == "trial"]
+    pruned = [r for r in kids if r.data.tags["bench.outcome"] == "pruned"]
+    assert out.pruned >= 1 and len(pruned) == out.pruned and out.pruned + out.completed == 7
+    for r in pruned:
+        assert r.info.status == "FINISHED" and "bench.failure_reason" not in r.data.tags
+        assert int(r.data.tags["bench.pruned_at_epoch"]) >= 2 and float(r.data.tags["bench.pruned_value"]) >= 0
+    parent = client.get_run(out.parent_run_id).data
+    assert parent.metrics["trials_pruned"] == out.pruned and parent.params["study.n_trials"] == "7"

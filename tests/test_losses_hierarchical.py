@@ -136,4 +136,18 @@ def test_build_from_config_given_and_kmeans():
 def test_hooks_delegate_to_the_base():
     hier = HierarchicalProxyLoss("smooth_proxy_anchor", 12, 8, levels=[3])
     assert hier.batch_kwargs(torch.randn(4, 5), torch.arange(4)) == {}  # before phase 1: one-hot
-    assert callable(hier.begin_training)
+    # Phase 1 through the wrapper trains the base's confidence module; its confidences then
+    # reach the base (level 0) and, max-pooled over children, the upper level.
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 12
+    x = torch.nn.functional.one_hot(y, 12).float() * 3 + 0.1 * torch.randn(60, 12, generator=g)
+    from bench.losses import TrainingData
+    from bench.losses.configs import ConfidenceConfig
+
+    hier.base.confidence = ConfidenceConfig(epochs=100, lr=0.05, holdout=0.0, hidden_dim=0)
+    metrics = hier.begin_training(TrainingData(x, y, y, None, torch.device("cpu"), seed=0))
+    assert metrics["phase1_acc_clean"] > 0.9 and hier.base.confidence_module is not None
+    conf = hier.batch_kwargs(x[:8], torch.arange(8))["confidences"]
+    assert conf.shape == (8, 12) and torch.equal(conf.argmax(1), y[:8])
+    emb = torch.randn(8, 8, generator=g)
+    assert torch.isfinite(hier(emb, y[:8], **hier.batch_kwargs(x[:8], torch.arange(8))))

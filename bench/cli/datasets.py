@@ -1,35 +1,84 @@
-"""``bench datasets list`` / ``bench datasets check NAME``: what is known, and what is on disk."""
+"""``bench datasets list`` / ``bench datasets check NAME``: what is known, and what is on disk.
+
+``list`` says which datasets are built in (generated, or shipped inside a package) and
+which need files, where each would be looked for (``data.root``, else bench.yaml's
+``data_root``/NAME) and whether that path exists. ``check`` reads a dataset's files the
+way training does and reports counts, hierarchy and every corrupt or missing image.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from bench.cli.common import settings_from
+from bench.cli.common import print_table, settings_from
 
 
 def register(sub) -> None:
-    ds = sub.add_parser("datasets", help="list datasets or check one on disk", description=__doc__)
-    ds.add_argument("action", choices=["list", "check"], help="list: known datasets; check: a dataset's files")
+    ds = sub.add_parser("datasets", help="list datasets (built in or on disk) or check one's files",
+                        description=__doc__)
+    ds.add_argument("action", choices=["list", "check"],
+                    help="list: every known dataset and where its files would be; check: read a dataset's files")
     ds.add_argument("name", nargs="?", help="dataset to check (bench datasets list names them)")
-    ds.add_argument("--root", help="dataset folder (default: bench.yaml's data_root/NAME)")
+    ds.add_argument("--root", help="dataset folder or file (default: bench.yaml's data_root/NAME)")
+    ds.add_argument("--json", action="store_true", help="list: print JSON, with each dataset's expected layout")
     ds.set_defaults(fn=run)
+
+
+def dataset_rows(data_root: str, trial: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per registered dataset: built in or files, where they would be looked for.
+
+    A loader module that declares a ``LAYOUT`` (the file tree it reads) needs files; one
+    without builds its data itself. Loaders registered as callables are reported as such.
+    """
+    from bench.data import DATASETS
+
+    configured = trial.get("data") or {}
+    rows = []
+    for name, target in sorted(DATASETS.items()):
+        row: dict[str, Any] = {"name": name, "source": "unknown", "where": None, "found": None,
+                               "about": "", "layout": None}
+        if isinstance(target, str):
+            mod = importlib.import_module(target.split(":")[0])
+            row["about"] = (mod.__doc__ or "").strip().splitlines()[0].replace("``", "") if mod.__doc__ else ""
+            layout = getattr(mod, "LAYOUT", None)
+            row["source"] = "files" if layout else "built in"
+            row["layout"] = layout
+        if row["source"] != "built in":
+            root = configured.get("root") if configured.get("name") == name and configured.get("root") else None
+            where = Path(root or Path(data_root) / name).expanduser()
+            row["where"], row["found"] = str(where), where.exists()
+        rows.append(row)
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
     from bench.cli.common import UsageError
     from bench.data import DATASETS
 
+    s = settings_from(args)
     if args.action == "list":
-        print("\n".join(sorted(DATASETS)))
+        rows = dataset_rows(s.data_root, s.trial)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        table = [{**r, "found": {True: "yes", False: "no", None: "-"}[r["found"]], "where": r["where"] or "-"}
+                 for r in rows]
+        print_table(table, ["name", "source", "found", "where", "about"])
+        if any(r["found"] is False for r in rows):
+            print("\nfiles go under data_root in bench.yaml (or data.root); "
+                  "bench datasets list --json shows each layout, bench datasets check NAME reads one",
+                  file=sys.stderr)
         return 0
     if not args.name:
         raise UsageError(f"datasets check needs a NAME; one of: {', '.join(sorted(DATASETS))}")
     from bench.data.check import check_dataset
 
-    root = args.root or str(Path(settings_from(args).data_root).expanduser() / args.name)
+    root = args.root or str(Path(s.data_root).expanduser() / args.name)
     result = check_dataset(args.name, root)
     print(json.dumps(result, indent=2, default=str))
     if not result.get("ok", True):

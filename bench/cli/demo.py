@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cli.common import add_store_options
+from bench.cli.common import add_store_options, add_threads_option
 
 FIGURES = "studies/figures"
 #: The comparison ``--all`` also writes: the losses grid next to the TPE search (same data).
@@ -29,6 +29,7 @@ def register(sub) -> None:
                    help="report folder (default: reports/<experiment>; with --all the parent folder, default reports)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_options(d)
+    add_threads_option(d)
     d.set_defaults(fn=run)
 
 

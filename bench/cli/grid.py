@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from bench.cli.common import add_store_options, parse_sets, settings_from
+from bench.cli.common import add_store_options, add_threads_option, parse_sets, settings_from
 
 
 def register(sub) -> None:
@@ -17,6 +17,7 @@ def register(sub) -> None:
         g.add_argument("--retry-failed", action="store_true", help="re-run cells that failed before")
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_store_options(g)
+        add_threads_option(g)
         g.set_defaults(fn=lambda a, k=kind: run(a, k))
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from bench.cli.common import add_store_options, parse_sets, settings_from
+from bench.cli.common import add_store_options, add_threads_option, parse_sets, settings_from
 
 
 def register(sub) -> None:
@@ -16,6 +16,7 @@ def register(sub) -> None:
     r.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     r.add_argument("-v", "--verbose", action="store_true", help="print per-epoch metrics")
     add_store_options(r, storage=False)
+    add_threads_option(r)
     r.set_defaults(fn=run)
 
 
@@ -30,11 +31,15 @@ def run(args: argparse.Namespace) -> int:
     s = settings_from(args)
     sets = parse_sets(args.set)
     cfg = resolve_trial(s.trial, dotted=sets)  # validated before anything heavy is imported
+    from bench import threads
     from bench.train import run_trial
+
+    threads.apply(s.threads)
 
     if args.no_track:
         result = run_trial(cfg, data_root=s.data_root, callbacks=[print_epoch] if args.verbose else [])
     else:
+        from bench.secrets import mask_url
         from bench.tracking import Tracker
 
         tracker = Tracker(s.tracking_uri, args.experiment, s.artifact_root)
@@ -46,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
             run_.fail(f"{type(e).__name__}: {e}")
             raise
         run_.finish(result)
-        print(f"mlflow run {run_.run_id} in experiment {args.experiment!r} ({s.tracking_uri})", file=sys.stderr)
+        print(f"mlflow run {run_.run_id} in experiment {args.experiment!r} ({mask_url(s.tracking_uri)})", file=sys.stderr)
     print(json.dumps({k: round(v, 6) for k, v in result.metrics.items()}, indent=2))
     return 0

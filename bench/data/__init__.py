@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split, protocol_problems, relabel
 from bench.data.noise import NOISE_KINDS, apply_label_noise
 from bench.data.splits import carve_val
 
@@ -64,6 +64,9 @@ def create_dataset(cfg: Any, data_root: str | Path | None = None) -> RetrievalDa
         tr.y_clean = clean
         tr.y = apply_label_noise(clean, cfg.noise_rate, cfg.noise_kind, cfg.seed + 1, tr.parents)
     ds.info.update(noise_rate=cfg.noise_rate, noise_kind=cfg.noise_kind)
+    problems = protocol_problems(ds)
+    if problems:  # a loader bug or a features file that breaks the protocol: never train on it
+        raise ValueError(f"dataset {cfg.name!r} breaks the retrieval protocol: " + "; ".join(problems))
     return ds
 
 
@@ -75,6 +78,7 @@ __all__ = [
     "apply_label_noise",
     "carve_val",
     "create_dataset",
+    "protocol_problems",
     "get_loader",
     "register_dataset",
     "relabel",

@@ -71,6 +71,7 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = True, worke
           "corrupt": [{"path": "...", "error": "OSError: image file is truncated"}],
           "n_corrupt": 0,
           "images_checked": 11788,           # 0 with decode=False or in-memory data
+          "empty_class_folders": [],         # folder datasets: class folders without images
           "ok": True,                        # nothing missing or corrupt
         }
 
@@ -92,6 +93,7 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = True, worke
     corrupt = find_unreadable(paths, workers) if paths else []
     missing = list(ds.info.get("missing_images", []))
     n_missing = int(ds.info.get("n_missing_images", len(missing)))
+    empty = list(ds.info.get("empty_class_folders", []))
     return {
         "name": name,
         "root": ds.info.get("root", str(root_path)),
@@ -105,7 +107,8 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = True, worke
         "corrupt": corrupt,
         "n_corrupt": len(corrupt),
         "images_checked": len(paths),
-        "ok": n_missing == 0 and not corrupt,
+        "empty_class_folders": empty,  # class folders with no image (not loaded as classes)
+        "ok": n_missing == 0 and not corrupt and not empty,
     }
 
 
@@ -126,5 +129,7 @@ def format_report(r: dict[str, Any], max_list: int = 20) -> str:
                 lines.append(f"    {item['path']}: {item['error']}" if isinstance(item, dict) else f"    {item}")
             if n > max_list:
                 lines.append(f"    ... and {n - max_list} more")
+    if r.get("empty_class_folders"):
+        lines.append(f"  empty class folders (no image, not loaded): {', '.join(r['empty_class_folders'][:max_list])}")
     lines.append("  OK" if r["ok"] else "  PROBLEMS FOUND")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split
 from bench.data.layout import record_counts
 
 NAME = "digits"
@@ -32,8 +32,8 @@ def load(cfg: Any = None, root: Path | str | None = None) -> RetrievalDataset:
     tr = y <= 4
     ds = RetrievalDataset(
         name=NAME,
-        train=Split(x=x[tr], y=relabel(y[tr])),
-        test=Split(x=x[~tr], y=relabel(y[~tr])),
+        train=Split.from_ids(x[tr], y[tr]),
+        test=Split.from_ids(x[~tr], y[~tr]),
         kind="images",
         recall_ks=(1, 2, 4, 8),
     )

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split, relabel, relabel_ids
 from bench.data.layout import DatasetLayoutError, layout_error, need_root, record_counts
 
 NAME = "features"
@@ -147,6 +147,10 @@ def read_any(path: Path) -> dict[str, np.ndarray | None]:
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise bad(path, f"{path.name}: features must be a numeric (N, F) array, got {x.dtype} {x.shape}")
     d["x"] = x.astype(np.float32, copy=False)
+    bad_rows = np.flatnonzero(~np.isfinite(d["x"]).all(axis=1))
+    if len(bad_rows):
+        raise bad(path, f"{path.name}: {len(bad_rows)} of {len(x)} rows hold NaN or infinite features "
+                        f"(first rows: {', '.join(map(str, bad_rows[:5]))}); drop or repair them")
     for k in ("y", "parents", "split"):
         if d[k] is not None and len(d[k]) != len(x):
             raise bad(path, f"{path.name}: {k} has {len(d[k])} rows but the features have {len(x)}")
@@ -154,8 +158,7 @@ def read_any(path: Path) -> dict[str, np.ndarray | None]:
 
 
 def make_split(d: dict, mask: np.ndarray) -> Split:
-    parents = relabel(d["parents"][mask]) if d["parents"] is not None else None
-    return Split(x=d["x"][mask], y=relabel(d["y"][mask]), parents=parents)
+    return Split.from_ids(d["x"][mask], d["y"][mask], d["parents"][mask] if d["parents"] is not None else None)
 
 
 def split_by_column(d: dict, path: Path) -> tuple[Split, Split, Split | None]:
@@ -170,11 +173,11 @@ def split_by_column(d: dict, path: Path) -> tuple[Split, Split, Split | None]:
     val = make_split(d, s == "val") if has["val"] else None
     if has["query"]:
         ev = (s == "query") | (s == "gallery")
-        y = relabel(d["y"][ev])
+        y, ids = relabel_ids(d["y"][ev])  # query and gallery share one label space
         p = relabel(d["parents"][ev]) if d["parents"] is not None else None
         q = s[ev] == "query"
-        test = Split(x=d["x"][ev][q], y=y[q], parents=p[q] if p is not None else None)
-        test.gallery = Split(x=d["x"][ev][~q], y=y[~q], parents=p[~q] if p is not None else None)
+        test = Split(x=d["x"][ev][q], y=y[q], parents=p[q] if p is not None else None, class_ids=ids)
+        test.gallery = Split(x=d["x"][ev][~q], y=y[~q], parents=p[~q] if p is not None else None, class_ids=ids)
     else:
         test = make_split(d, s == "test")
     return train, test, val

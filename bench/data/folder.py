@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split
 from bench.data.layout import layout_error, need_root, record_counts
 
 NAME = "folder"
@@ -38,6 +38,14 @@ def is_image(p: Path) -> bool:
 
 def subdirs(p: Path) -> list[Path]:
     return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def empty_class_folders(root: Path) -> list[str]:
+    """Class folders without a single image (``bench datasets check`` reports them)."""
+    tops = subdirs(root)
+    if any(is_image(f) for d in tops for f in d.iterdir()):
+        return [d.name for d in tops if not any(is_image(f) for f in d.iterdir())]
+    return [f"{d.name}/{c.name}" for d in tops for c in subdirs(d) if not any(is_image(f) for f in c.iterdir())]
 
 
 def scan(root: Path) -> tuple[list[tuple[str, str, list[Path]]], int]:
@@ -97,11 +105,9 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
 
     def make(part: list[tuple[str, str, list[Path]]]) -> Split:
         x = [str(f) for _, _, imgs in part for f in imgs]
-        y = np.concatenate([np.full(len(imgs), i) for i, (_, _, imgs) in enumerate(part)])
-        parents = None
-        if depth == 2:
-            parents = relabel(np.array([p for p, _, imgs in part for _ in imgs]))
-        return Split(x=x, y=relabel(y), parents=parents)
+        ids = np.array([f"{p}/{c}" if p else c for p, c, imgs in part for _ in imgs])  # the class folders
+        parents = np.array([p for p, _, imgs in part for _ in imgs]) if depth == 2 else None
+        return Split.from_ids(x, ids, parents)
 
     ds = RetrievalDataset(
         name=NAME,
@@ -109,7 +115,8 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
         test=make(test_part),
         kind="images",
         recall_ks=(1, 2, 4, 8),
-        info={"class_names": {"train": [c[1] for c in train_part], "test": [c[1] for c in test_part]}},
+        info={"class_names": {"train": [c[1] for c in train_part], "test": [c[1] for c in test_part]},
+              "empty_class_folders": empty_class_folders(root)},
     )
     record_counts(ds, None, root)
     return ds

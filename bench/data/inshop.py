@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split, relabel, relabel_ids
 from bench.data.layout import find_base, first_existing, keep_existing, layout_error, record_counts
 
 NAME = "inshop"
@@ -77,19 +77,20 @@ def load(cfg: Any, root: Path | str | None) -> RetrievalDataset:
     parents = np.array([category(r[0]) for r in rows])
     status = np.array([r[2] for r in rows])
 
-    def part(mask: np.ndarray, y: np.ndarray, p: np.ndarray) -> Split:
-        return Split(x=[q for q, m in zip(paths, mask) if m], y=y, parents=p)
+    def part(mask: np.ndarray, y: np.ndarray, p: np.ndarray, ids: np.ndarray) -> Split:
+        return Split(x=[q for q, m in zip(paths, mask) if m], y=y, parents=p, class_ids=ids)
 
     tr = status == "train"
-    train = part(tr, relabel(items[tr]), relabel(parents[tr]))
+    y_tr, ids_tr = relabel_ids(items[tr])
+    train = part(tr, y_tr, relabel(parents[tr]), ids_tr)
     ev = ~tr  # query and gallery: one label space, relabelled together
-    y_ev, p_ev = relabel(items[ev]), relabel(parents[ev])
+    (y_ev, ids_ev), p_ev = relabel_ids(items[ev]), relabel(parents[ev])
     is_q = status[ev] == "query"
     q_mask, g_mask = ev & (status == "query"), ev & (status == "gallery")
     if not q_mask.any() or not g_mask.any():
         raise layout_error(NAME, base, ["the partition file lists no query or no gallery images"], LAYOUT)
-    gallery = part(g_mask, y_ev[~is_q], p_ev[~is_q])
-    test = part(q_mask, y_ev[is_q], p_ev[is_q])
+    gallery = part(g_mask, y_ev[~is_q], p_ev[~is_q], ids_ev)
+    test = part(q_mask, y_ev[is_q], p_ev[is_q], ids_ev)
     test.gallery = gallery
     ds = RetrievalDataset(name=NAME, train=train, test=test, kind="images", recall_ks=(1, 10, 20, 30, 40, 50))
     record_counts(ds, EXPECTED, base, missing)

@@ -169,14 +169,14 @@ def first_half_image_dataset(
 ) -> RetrievalDataset:
     """CUB / Cars protocol: class ids ``1..n/2`` train, the rest test; absent images skipped
     (with a warning) and counted against the full dataset's numbers."""
-    from bench.data.base import RetrievalDataset, Split, relabel
+    from bench.data.base import RetrievalDataset, Split
 
     keep, missing = keep_existing(name, list(paths), base, layout)
     paths = [p for p, k in zip(paths, keep) if k]
     cls = np.asarray(cls)[keep]
     is_train = cls <= n_classes // 2
-    train = Split(x=[p for p, t in zip(paths, is_train) if t], y=relabel(cls[is_train]))
-    test = Split(x=[p for p, t in zip(paths, is_train) if not t], y=relabel(cls[~is_train]))
+    train = Split.from_ids([p for p, t in zip(paths, is_train) if t], cls[is_train])
+    test = Split.from_ids([p for p, t in zip(paths, is_train) if not t], cls[~is_train])
     ds = RetrievalDataset(name=name, train=train, test=test, kind="images", recall_ks=(1, 2, 4, 8))
     record_counts(ds, expected, base, missing)
     return ds

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import RetrievalDataset, Split, relabel
+from bench.data.base import RetrievalDataset, Split
 from bench.data.layout import find_base, keep_existing, layout_error, record_counts
 
 NAME = "sop"
@@ -54,7 +54,7 @@ def load_split(base: Path, filename: str) -> tuple[Split, list[str]]:
     rel, cls, sup = read_ebay(base / filename)
     paths = [str(base / r) for r in rel]
     keep, missing = keep_existing(NAME, paths, base, LAYOUT)
-    split = Split(x=[p for p, k in zip(paths, keep) if k], y=relabel(cls[keep]), parents=relabel(sup[keep]))
+    split = Split.from_ids([p for p, k in zip(paths, keep) if k], cls[keep], sup[keep])
     return split, missing
 
 

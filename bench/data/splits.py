@@ -21,7 +21,8 @@ def take(split: Split, mask: np.ndarray) -> Split:
         return None if v is None else np.array([lookup.get(int(c), -1) for c in v], dtype=np.int64)
 
     parents = relabel(split.parents[idx]) if split.parents is not None else None
-    return Split(x=x, y=remap(split.y[idx]), y_clean=remap(y_clean), parents=parents)
+    class_ids = split.class_ids[classes] if split.class_ids is not None else None
+    return Split(x=x, y=remap(split.y[idx]), y_clean=remap(y_clean), parents=parents, class_ids=class_ids)
 
 
 def carve_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split | None]:

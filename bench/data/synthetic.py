@@ -81,8 +81,9 @@ def load(cfg: Any, root: Path | None = None) -> RetrievalDataset:
     n_classes = s.super_classes * s.classes_per_super
     half = n_classes // 2
     tr, te = y < half, y >= half
-    train = Split(x=x[tr], y=y[tr], y_clean=y[tr].copy(), parents=parents[tr])
-    test = Split(x=x[te], y=y[te] - half, y_clean=y[te] - half, parents=parents[te])
+    ids = np.arange(n_classes)
+    train = Split(x=x[tr], y=y[tr], y_clean=y[tr].copy(), parents=parents[tr], class_ids=ids[:half])
+    test = Split(x=x[te], y=y[te] - half, y_clean=y[te] - half, parents=parents[te], class_ids=ids[half:])
     return RetrievalDataset(
         name="synthetic",
         train=train,

@@ -10,9 +10,9 @@ Choices the paper (arXiv 2006.05142) leaves open, made here:
 * the BCE is summed over the C outputs and averaged over the batch (a mean over C would
   shrink the single positive's gradient by 1/C);
 * early stopping without clean labels: a seeded ``holdout`` share of the training samples
-  is kept out of training, and the epoch with the best accuracy on their *noisy* labels is
+  is kept out of training, and the epoch with the lowest BCE against their *noisy* labels is
   kept. Under label noise a classifier first fits the majority (clean) signal and only
-  later memorises the flipped labels; held-out noisy accuracy peaks before memorisation.
+  later memorises the flipped labels; the held-out noisy BCE bottoms out before memorisation.
 """
 
 from __future__ import annotations

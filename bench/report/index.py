@@ -14,7 +14,8 @@ from pathlib import Path
 
 from bench.report.output import Figure
 from bench.report.published import for_reference
-from bench.report.runs import RunSet, masked
+from bench.report.runs import RunSet
+from bench.secrets import mask_url
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -77,7 +78,7 @@ def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, 
     title = f"proxybench report: {', '.join(rs.experiments)}"
     commits = sorted(set(rs.runs.get("tags.bench.git_commit", []).dropna()))
     summary = (f"{len(rs.runs)} finished runs of {len(rs.studies)} studies from the tracking store "
-               f"{masked(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. Every number is a "
+               f"{mask_url(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. Every number is a "
                "test metric at the epoch and cell chosen by the selection rule the caption names.")
     refs = _reference_rows(rs)
 

@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
@@ -87,15 +86,6 @@ class RunSet:
         return g[g["cell"] == self.studies[study].selected], "selection"
 
 
-def masked(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (reports are shared)."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def open_store(tracking_uri: str):
     """An MlflowClient on an existing store, or :class:`ReportInputError` saying why not.
 
@@ -103,16 +93,19 @@ def open_store(tracking_uri: str):
     """
     from mlflow import MlflowClient
 
+    from bench.stores import StoreError, explain
+    from bench.tracking import prepare_tracking_uri
+
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise ReportInputError(f"no tracking store at {tracking_uri[len('sqlite:///'):]}; run a grid first "
                                "(bench grid FILE) or point --tracking-uri at the store")
     try:
-        client = MlflowClient(tracking_uri)
+        client = MlflowClient(prepare_tracking_uri(tracking_uri))
         client.search_experiments(max_results=1)
+    except StoreError as e:
+        raise ReportInputError(str(e)) from None
     except Exception as e:  # any driver or server error: the store does not open
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ReportInputError(f"cannot open the tracking store {masked(tracking_uri)} ({first[:200]}); "
-                               "check --tracking-uri / $MLFLOW_TRACKING_URI") from None
+        raise ReportInputError(str(explain("--tracking-uri", tracking_uri, e))) from None
     return client
 
 

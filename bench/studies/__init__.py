@@ -9,7 +9,8 @@ from typing import Any
 
 from bench.studies.spec import DISTRIBUTIONS, StudySpec, Variant, load_spec
 
-_LAZY = {name: "bench.studies.runner" for name in ("StudyOutcome", "make_storage", "run_study", "run_suite", "worker_id")}
+_LAZY = {name: "bench.studies.runner" for name in ("StudyOutcome", "run_study", "run_suite", "worker_id")}
+_LAZY["make_storage"] = "bench.studies.storage"
 
 
 def __getattr__(name: str) -> Any:

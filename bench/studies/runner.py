@@ -1,69 +1,58 @@
-"""Grids and studies on Optuna, every trial tracked in MLflow.
+"""Grids and studies on Optuna, every trial tracked in MLflow; read it top to bottom.
 
-A grid is an Optuna study with a ``GridSampler``, so grids and searches share one storage,
-resume the same way and can share workers. Resuming a grid skips its finished cells
-(complete or failed; ``retry_failed`` re-runs the failed ones). A cell that two workers
-picked at once runs once: the later trial yields (pruned, ``duplicate_of`` set).
+A grid is an Optuna study whose sampler hands out whole cells (:mod:`.cell_sampler`), so
+grids and searches share one storage, resume the same way and can share workers. Every
+worker, and every rerun of the same command, first repairs what a dead or interrupted
+worker left (:mod:`.recovery`), then runs open cells until none is left, waiting for cells
+other live workers hold (and taking them over if those workers die). So after any single
+fault a plain rerun completes every cell exactly once and leaves no run RUNNING.
+
+A trial's MLflow run is closed as FINISHED only after Optuna has recorded the trial: a
+worker killed in between leaves a run that the next worker closes from the trial's state.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import math
-import os
-import socket
+import random
+import signal
+import threading
+import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from bench.config import ConfigError, Settings, merge, resolve_trial
-from bench.selection import DEFAULT_REPEAT_AXES, cell_of, select_cell
+from bench import threads
+from bench.config import ConfigError, Settings, flatten, merge, resolve_trial
+from bench.studies.summary import selected_cell, state_counts
+from bench.studies import faults, recovery
+from bench.studies.cell_sampler import CellSampler
+from bench.studies.recovery import Board, cell_key, worker_id
 from bench.studies.spec import StudySpec, check_suite, preflight, validate_cells
+from bench.studies.storage import make_storage
 from bench.train import TrialFailed, run_trial
 
+__all__ = ["StudyOutcome", "make_storage", "run_study", "run_suite", "worker_id"]
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna storage from a URL.
-
-    ``sqlite:///...`` and ``postgresql://...``: RDB storage with heartbeats, so a trial whose
-    process died is marked failed and retried once. ``journal:PATH`` (or a path ending in
-    ``.log``/``.journal``): the journal file backend Optuna recommends for parallel local
-    workers.
-    """
-    import warnings
-
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
-
-    if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in url:
-        raise ConfigError(f"--storage {url!r}: use sqlite:///PATH, postgresql://..., or journal:PATH")
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and relied on
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            heartbeat_interval=30,
-            grace_period=120,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+#: Attempts one worker makes at a cell whose trials keep dying for non-training reasons
+#: (tracking errors): the first, and one retry; after that the cell waits for a rerun.
+ATTEMPTS_PER_RUN = 2
+#: Seconds between looks at cells other live workers hold.
+POLL_S = 1.0
 
 
 @dataclass
 class StudyOutcome:
     study_name: str
-    completed: int
-    failed: int
-    skipped: int  # cells already finished before this run
+    completed: int  # trials this run completed
+    failed: int  # trials this run failed (real failures and retried tracking errors)
+    skipped: int  # cells (trials for a search) already finished before this run
     best: dict[str, Any] = field(default_factory=dict)  # params, value, test R@1, run id
     parent_run_id: str = ""
+    pruned: int = 0
+    repaired: int = 0  # dead or interrupted trials and RUNNING MLflow runs closed on the way
 
 
 def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
@@ -77,74 +66,20 @@ def _suggest(trial: optuna.Trial, key: str, dist: dict[str, Any]) -> Any:
     return trial.suggest_categorical(key, arg)
 
 
-@lru_cache(maxsize=None)
-def _worker_id(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}"
+def parent_params(spec: StudySpec, base_trial: dict[str, Any]) -> dict[str, Any]:
+    """The parent run's params: the study's fixed trial settings, its axes (``axis.KEY``)
+    and, for a search, its budget and sampler."""
+    axes = spec.grid if spec.kind == "grid" else spec.space
+    out = {k: v for k, v in flatten(base_trial).items() if k not in axes}
+    out.update({f"axis.{k}": v for k, v in axes.items()})
+    if spec.kind == "study":
+        out.update({"study.n_trials": spec.n_trials, "study.sampler": spec.sampler,
+                    "study.pruner": spec.pruner, "study.seed": spec.seed})
+    return out
 
 
-def worker_id() -> str:
-    """``host:pid`` of this worker process (read when asked, not at import: forks differ)."""
-    return _worker_id(os.getpid())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _enqueue_cell(study: optuna.Study, params: dict[str, Any]) -> None:
-    """Queue ``params`` to run again. Under a GridSampler the waiting trial also gets its
-    cell's ``grid_id``, as the sampler's own trials have: Optuna 5 leaves enqueued trials
-    without one, and its ``after_trial`` then fails (KeyError) when one cell is left."""
-    study.enqueue_trial(params, skip_if_exists=False)
-    sampler = study.sampler
-    if not isinstance(sampler, optuna.samplers.GridSampler):
-        return
-    gid = sampler._all_grids.index(tuple(params[k] for k in sampler._param_names))
-    TS = optuna.trial.TrialState
-    for t in study.get_trials(deepcopy=False, states=(TS.WAITING,)):
-        if "grid_id" not in t.system_attrs and t.system_attrs.get("fixed_params") == params:
-            study._storage.set_trial_system_attr(t._trial_id, "search_space", sampler._search_space)
-            study._storage.set_trial_system_attr(t._trial_id, "grid_id", gid)
-
-
-def _reap_dead_local_workers(study: optuna.Study, requeue: bool) -> list[str]:
-    """Fail the RUNNING trials whose worker process on this host is gone (and, for grids,
-    queue their cell again), so a killed worker's cell is not skipped as "taken" forever.
-
-    RDB storages also notice dead workers on other hosts through heartbeats; the journal
-    backend has none, so this is its only recovery (for other hosts: ``--retry-failed``
-    after marking, or an RDB storage).
-    """
-    TS = optuna.trial.TrialState
-    host, requeued = socket.gethostname(), []
-    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
-        w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if w_host != host or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "failure_reason", f"worker {w_host}:{pid} died")
-        study.tell(t.number, state=TS.FAIL)
-        if requeue and t.params:
-            _enqueue_cell(study, t.params)
-            requeued.append(json.dumps(t.params, sort_keys=True))
-    return requeued
-
-
-def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
-    """A lower-numbered trial already running or done on this trial's cell, if any."""
-    gid = study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
-    if gid is None:
-        return None
-    TS = optuna.trial.TrialState
-    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING, TS.COMPLETE)):
-        if t.number < trial.number and t.system_attrs.get("grid_id") == gid:
-            return t.number
-    return None
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def run_study(
@@ -157,27 +92,42 @@ def run_study(
     progress: bool = True,
     data_root: str | None = None,
     datasets: dict[str, Any] | None = None,
+    threads_per_worker: int | None = None,
     trial_tags: dict[str, str] | None = None,
 ) -> StudyOutcome:
-    """Run (or resume) one grid or study; every trial is a child run in MLflow.
-
-    A spec with ``variants`` goes through :func:`run_suite`. ``datasets``: loaded datasets
-    keyed by data config, shared between calls so each is loaded once. ``trial_tags``: extra
-    tags on every trial run (``bench repeat`` marks its runs with them).
-    """
+    """Run (or resume, or join as one more worker) one grid or study; every trial is a
+    child run in MLflow. ``datasets``: loaded datasets keyed by data config, shared between
+    calls so each is loaded once. ``threads_per_worker``: torch/faiss CPU threads (default:
+    this machine's cores shared by its live workers, :mod:`bench.threads`). ``trial_tags``:
+    extra tags on every trial run (``bench repeat`` marks its runs with them)."""
     from bench.data import create_dataset
-    from bench.tracking import Tracker
+    from bench.tracking import Tracker, TrackingError
 
     if spec.variants:
         raise ValueError("a study file with variants runs through run_suite()")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar says what matters
     datasets = {} if datasets is None else datasets
     preflight(validate_cells(settings, spec), datasets, data_root or settings.data_root)
-    tracking_uri = tracking_uri or settings.tracking_uri
+    threads_per_worker = threads_per_worker or settings.threads
+    threads.apply(threads_per_worker)  # registered as a live worker from here on
     storage_url = storage or settings.storage
-    optuna_storage = make_storage(storage_url)
-    if spec.kind == "grid":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(spec.grid, seed=spec.seed)
+    store = make_storage(storage_url)
+    grid = spec.kind == "grid"
+    cells = spec.cells() if grid else []
+    by_key = {cell_key(c): c for c in cells}
+    attempts: dict[str, int] = {}
+    started = dt.datetime.now()
+
+    def open_cells() -> list[str]:
+        todo = Board.of(study, cells).todo(started if retry_failed else None)
+        return [k for k in todo if attempts.get(k, 0) < ATTEMPTS_PER_RUN]
+
+    def next_cell(rng: random.Random) -> dict[str, Any]:
+        todo = open_cells()
+        return by_key[rng.choice(todo)] if todo else rng.choice(cells)  # none: a duplicate, which yields
+
+    if grid:
+        sampler: optuna.samplers.BaseSampler = CellSampler(next_cell, store, seed=hash(worker_id()) % 2**32)
         pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     else:
         sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.sampler == "tpe"
@@ -185,12 +135,162 @@ def run_study(
         pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
                   "hyperband": optuna.pruners.HyperbandPruner(),
                   "none": optuna.pruners.NopPruner()}[spec.pruner]
-    study = optuna.create_study(
-        study_name=spec.name, storage=optuna_storage, sampler=sampler, pruner=pruner,
-        direction="maximize", load_if_exists=True,
-    )
+    study = optuna.create_study(study_name=spec.name, storage=store, sampler=sampler, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
     spec_dump = spec.model_dump(mode="json")
     base_trial = json.loads(json.dumps(merge(settings.trial, spec.effective_trial())))
+    _refuse_changed_study(study, spec, spec_dump, base_trial, storage_url)
+
+    tracker = Tracker(tracking_uri or settings.tracking_uri, spec.experiment, settings.artifact_root,
+                      description=spec.description)
+    parent = tracker.parent_run(spec.name, spec.kind, spec_dump, description=spec.description,
+                                params=parent_params(spec, base_trial))
+    study.set_user_attr("spec", spec_dump)
+    study.set_user_attr("base_trial", base_trial)
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    counts = {"completed": 0, "failed": 0, "pruned": 0,
+              "repaired": len(recovery.reap(study, store)) + recovery.close_orphan_runs(study, tracker)}
+    already = _finished(study, cells)
+    TS = optuna.trial.TrialState
+
+    def work_left() -> bool:
+        """Is there a trial for this worker to run? Waits while only cells that other live
+        workers hold are left, and takes over the cells of those that die."""
+        while True:
+            counts["repaired"] += len(recovery.reap(study, store))
+            trials = study.get_trials(deepcopy=False)
+            if any(t.state == TS.WAITING for t in trials):
+                return True  # queued (a retry): optimize pops it
+            if grid:
+                if open_cells():
+                    return True
+                held = Board.of(study, cells).held.values()
+            else:
+                if _finished(study, cells) + sum(t.state == TS.RUNNING for t in trials) < spec.n_trials:
+                    return True
+                held = [t for t in trials if t.state == TS.RUNNING]
+            if not any(recovery.can_watch(t, store) for t in held):
+                return False
+            time.sleep(POLL_S)
+
+    def objective(trial: optuna.Trial) -> float:
+        faults.trial_started()
+        threads.apply(threads_per_worker)  # the share changes as workers come and go
+        trial.set_user_attr("worker", worker_id())
+        if grid:
+            cell = {k: trial.suggest_categorical(k, v) for k, v in spec.grid.items()}
+            dup = recovery.holder(study, store, trial.number, cell_key(cell), len(spec.grid))
+            if dup is not None:
+                trial.set_user_attr("duplicate_of", dup)
+                raise optuna.TrialPruned(f"cell already taken by trial {dup}")
+        else:
+            cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
+        attempts[cell_key(cell)] = attempts.get(cell_key(cell), 0) + 1
+        faults.hit("before_trial")
+
+        def fail(kind: str, reason: str, exc: BaseException | None = None):
+            trial.set_user_attr("failure_kind", kind)
+            trial.set_user_attr("failure_reason", reason[:4000])
+            if run is not None:
+                try:
+                    run.close({"error": "failed"}.get(kind, kind), reason)
+                except TrackingError:
+                    pass  # the next worker closes it (recovery.close_orphan_runs)
+            if kind != "interrupted":
+                counts["failed"] += 1
+                return TrialFailed(reason)
+            return None
+
+        run = None
+        try:
+            cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
+            key = cfg.data.model_dump_json()
+            if key not in datasets:
+                datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)
+            run = tracker.start_trial(parent, spec.name, trial.number, cfg.model_dump(mode="json"), cell, worker_id())
+            if trial_tags:
+                run.set_tags(trial_tags)
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+
+            def report(epoch: int, metrics: dict[str, float]) -> None:
+                run.log_epoch(epoch, metrics)
+                if epoch == 2:
+                    faults.hit("mid_epoch")
+                sel = metrics.get(f"{cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
+                if not grid and sel is not None:
+                    trial.report(sel, epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {epoch} (R@1 {sel:.4f})", epoch, sel)
+
+            result = run_trial(cfg, dataset=datasets[key], callbacks=[report], on_setup=run.log_setup)
+            run.log_result(result)
+            faults.hit("before_tell")
+        except optuna.TrialPruned as e:
+            reason = str(e.args[0]) if e.args else "pruned"
+            trial.set_user_attr("pruned_reason", reason)
+            if run is not None and len(e.args) == 3:
+                run.close("pruned", reason, tags={"bench.pruned_at_epoch": e.args[1],
+                                                  "bench.pruned_value": f"{e.args[2]:.6g}"})
+            counts["pruned"] += 1
+            raise optuna.TrialPruned(reason) from None
+        except TrackingError as e:
+            raise fail("tracker_error", f"tracking failed (the cell runs again): {e}") from e
+        except KeyboardInterrupt as e:
+            fail("interrupted", f"interrupted ({e or 'SIGINT'}); the cell runs again on the next run")
+            raise
+        except ConfigError as e:  # a drawn value the preflight could not foresee
+            raise fail("error", str(e)) from e
+        except Exception as e:  # any failure ends this trial only; the grid goes on
+            raise fail("error", f"{type(e).__name__}: {e}") from e
+        metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test_", "val_recall_at_1"))}
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("test_recall_at_1", metrics["test_recall_at_1"])
+        counts["completed"] += 1
+        return float(result.metrics[f"{'test' if cfg.eval.select_on == 'test' else 'val'}_recall_at_1"])
+
+    bar = None
+    total = len(cells) if grid else spec.n_trials
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=min(already, total), desc=spec.name, unit="trial", dynamic_ncols=True)
+
+    def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+        if ft.state == TS.COMPLETE and "mlflow_run_id" in ft.user_attrs:
+            faults.hit("after_tell")
+            try:
+                from bench.tracking import close_run
+
+                close_run(tracker.client, ft.user_attrs["mlflow_run_id"], "complete")
+            except Exception:  # recorded in Optuna; the next worker closes the run
+                pass
+        if bar is not None and not recovery.is_duplicate(ft):
+            bar.n = min(_finished(st, cells), total)
+            bar.refresh()
+        if not work_left():
+            st.stop()
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    interrupted = False
+    try:
+        if work_left():
+            study.optimize(objective, catch=(TrialFailed,), callbacks=[on_trial_end])
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+        best = _summarise(study, tracker, parent, cells, interrupted, counts)
+    return StudyOutcome(spec.name, counts["completed"], counts["failed"], already, best, parent,
+                        counts["pruned"], counts["repaired"])
+
+
+def _refuse_changed_study(study, spec: StudySpec, spec_dump: dict, base_trial: dict, storage_url: str) -> None:
+    from bench.secrets import mask_url
+
     previous, previous_base = study.user_attrs.get("spec"), study.user_attrs.get("base_trial")
     changed = []
     if previous is not None and (previous.get("grid"), previous.get("space")) != (spec_dump["grid"], spec_dump["space"]):
@@ -199,108 +299,55 @@ def run_study(
         changed.append("trial settings (bench.yaml trial, the file's trial: or --set)")
     if changed:
         raise ConfigError(
-            f"study {spec.name!r} already exists in {storage_url} with other {' and '.join(changed)}; "
+            f"study {spec.name!r} already exists in {mask_url(storage_url)} with other {' and '.join(changed)}; "
             "resuming would mix results: give the study file a new 'experiment:' (or study_name:) "
             "or delete the old study"
         )
-    study.set_user_attr("spec", spec_dump)
-    study.set_user_attr("base_trial", base_trial)
-    reaped = _reap_dead_local_workers(study, requeue=spec.kind == "grid")
 
+
+def _finished(study: optuna.Study, cells: list[dict[str, Any]]) -> int:
+    """Grid: cells done (complete or finally failed); search: trials that count towards
+    ``n_trials`` (complete, pruned, finally failed)."""
+    if cells:
+        b = Board.of(study, cells)
+        return len(b.complete | set(b.failed))
     TS = optuna.trial.TrialState
-    total = len(spec.cells()) if spec.kind == "grid" else spec.n_trials
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TS.COMPLETE, TS.FAIL)
-                or (spec.kind == "study" and t.state == TS.PRUNED)]
-    done_cells = {json.dumps(t.params, sort_keys=True) for t in finished if t.state == TS.COMPLETE}
-    done_cells |= set(reaped)  # already queued again
-    if retry_failed:
-        for t in finished:
-            key = json.dumps(t.params, sort_keys=True)
-            if t.state == TS.FAIL and key not in done_cells and t.params:
-                _enqueue_cell(study, t.params)
-                done_cells.add(key)  # enqueue each failed cell once
-        finished = [t for t in finished if t.state == TS.COMPLETE]
-    if spec.kind == "grid":
-        already = len({json.dumps(t.params, sort_keys=True) for t in finished} - set(reaped))
-    else:
-        already = len(finished)
-    remaining = max(total - already, 0)
+    return sum(t.state in (TS.COMPLETE, TS.PRUNED) or recovery.is_final_failure(t)
+               for t in study.get_trials(deepcopy=False))
 
-    tracker = Tracker(tracking_uri, spec.experiment, settings.artifact_root)
-    parent = tracker.parent_run(spec.name, spec.kind, spec_dump)
-    counts = {"completed": 0, "failed": 0}
 
-    def objective(trial: optuna.Trial) -> float:
-        if spec.kind == "grid":
-            cell = {k: trial.suggest_categorical(k, v) for k, v in spec.grid.items()}
-            dup = _duplicate_of(study, trial)
-            if dup is not None:
-                trial.set_user_attr("duplicate_of", dup)
-                raise optuna.TrialPruned(f"cell already taken by trial {dup}")
-        else:
-            cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
-        trial.set_user_attr("worker", worker_id())
-        try:
-            cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
-        except ConfigError as e:  # a drawn value the preflight could not foresee
-            trial.set_user_attr("failure_reason", str(e))
-            counts["failed"] += 1
-            raise TrialFailed(str(e)) from e
-        key = cfg.data.model_dump_json()
-        if key not in datasets:
-            datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)
-        run = tracker.start_trial(parent, spec.name, trial.number, cfg.model_dump(mode="json"), cell)
-        if trial_tags:
-            run.set_tags(trial_tags)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+def _summarise(study, tracker, parent: str, cells, interrupted: bool, counts: dict) -> dict[str, Any]:
+    """Close what this run leaves behind and write the study's summary on its parent run.
 
-        def report(epoch: int, metrics: dict[str, float]) -> None:
-            run.log_epoch(epoch, metrics)
-            sel = metrics.get(f"{cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
-            if spec.kind == "study" and sel is not None:
-                trial.report(sel, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (R@1 {sel:.4f})")
-
-        try:
-            result = run_trial(cfg, dataset=datasets[key], callbacks=[report], on_setup=run.log_setup)
-        except optuna.TrialPruned as e:
-            run.fail(str(e), status="KILLED")
-            raise
-        except Exception as e:  # any failure ends this trial only; the grid goes on
-            reason = f"{type(e).__name__}: {e}"
-            trial.set_user_attr("failure_reason", reason)
-            run.fail(reason)
-            counts["failed"] += 1
-            raise TrialFailed(reason) from e
-        run.finish(result)
-        counts["completed"] += 1
-        sel = f"{'test' if cfg.eval.select_on == 'test' else 'val'}_recall_at_1"
-        trial.set_user_attr("test_recall_at_1", result.metrics["test_recall_at_1"])
-        return float(result.metrics[sel])
-
-    bar = None
-    if progress and remaining:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=already, desc=spec.name, unit="trial", dynamic_ncols=True)
-        _refresh_bar(bar, study, spec.repeat_axes)
-
-    def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
-        if bar is not None and "duplicate_of" not in ft.user_attrs:
-            bar.update(1)
-            _refresh_bar(bar, st, spec.repeat_axes)
-
+    The parent stays RUNNING while other workers still run trials; the last one closes it.
+    """
+    TS = optuna.trial.TrialState
     try:
-        if remaining:
-            study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[on_trial_end])
-    finally:
-        if bar is not None:
-            bar.close()
-        best = _best(study, spec.repeat_axes)
-        summary = {"best_value": best["value"], "best_test_recall_at_1": best["test_recall_at_1"]} if best else {}
-        tracker.end_parent(parent, summary)
-    return StudyOutcome(spec.name, counts["completed"], counts["failed"], already, best, parent)
+        counts["repaired"] += recovery.close_orphan_runs(study, tracker)
+    except Exception:
+        pass  # a store that is gone now: the next run closes them
+    trials = study.get_trials(deepcopy=False)
+    best = selected_cell(study)
+    states = state_counts(trials)
+    summary = {"trials_complete": states["complete"], "trials_pruned": states["pruned"], "trials_failed": states["failed"]}
+    tags = {}
+    if best:
+        sel = "test" if best["select_on"] == "test" else "val"
+        summary[f"selected_{sel}_recall_at_1"] = best["value"]
+        summary.update({f"selected_{k}": v for k, v in best["metrics"].items() if k.startswith("test_")})
+        summary["selected_repeats"] = best["repeats"]
+        tags = {"bench.selected_cell": json.dumps(best["params"], sort_keys=True),
+                "bench.selected_run_id": str(best["mlflow_run_id"])}
+    others = any(t.state == TS.RUNNING for t in trials)
+    status = None if others else ("KILLED" if interrupted else "FINISHED")
+    if interrupted:
+        tags["bench.outcome"] = "interrupted"
+    try:
+        tracker.end_parent(parent, summary, status=status, tags=tags)
+    except Exception:
+        if not interrupted:
+            raise
+    return best
 
 
 def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | None = None,
@@ -308,31 +355,3 @@ def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | No
     """Every variant of a study file, in order; all of them validated before the first runs."""
     datasets = check_suite(spec, settings, kwargs.get("data_root"), datasets)  # each dataset loaded once
     return [run_study(part, settings, datasets=datasets, **kwargs) for part in spec.expand()]
-
-
-def _best(study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXES) -> dict[str, Any]:
-    """The selected cell of the study's complete trials (:mod:`bench.selection`'s rule):
-    its params, mean selection score ``value`` and mean test R@1 over its repeats."""
-    TS = optuna.trial.TrialState
-    done = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
-    by_cell = {}
-    for t in done:
-        by_cell.setdefault(cell_of(t.params, repeat_axes), []).append(t)
-    cell = select_cell({c: [t.value for t in ts] for c, ts in by_cell.items()})
-    if cell is None:
-        return {}
-    ts = by_cell[cell]
-    tests = [t.user_attrs.get("test_recall_at_1", float("nan")) for t in ts]
-    return {"number": ts[0].number, "params": json.loads(cell), "value": sum(t.value for t in ts) / len(ts),
-            "test_recall_at_1": sum(tests) / len(tests), "repeats": len(ts),
-            "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
-
-
-def _refresh_bar(bar, study: optuna.Study, repeat_axes: tuple[str, ...] = DEFAULT_REPEAT_AXES) -> None:
-    b = _best(study, repeat_axes)
-    TS = optuna.trial.TrialState
-    failed = len(study.get_trials(deepcopy=False, states=(TS.FAIL,)))
-    if b:
-        cell = ",".join(f"{k.split('.')[-1]}={v}" for k, v in b["params"].items())
-        bar.set_postfix_str(f"best val R@1 {b['value']:.4f} (test {b['test_recall_at_1']:.4f}) @ {cell}"
-                            + (f", failed {failed}" if failed else ""))

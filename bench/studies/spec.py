@@ -147,7 +147,12 @@ def load_spec(path: str | Path) -> StudySpec:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"study file {p} does not exist")
-    raw = yaml.safe_load(p.read_text()) or {}
+    if p.is_dir():
+        yamls = sorted(x.name for x in p.glob("*.yaml"))[:3]
+        raise ConfigError(f"study file {p} is a folder; name one file in it" + (f", e.g. {p / yamls[0]}" if yamls else ""))
+    raw = read_yaml(p)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study file {p}: expected a mapping (experiment:, kind:, grid: ...) at the top level")
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as e:
@@ -155,11 +160,35 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"invalid study file {p}:\n  " + "\n  ".join(lines)) from None
 
 
+def read_yaml(p: Path) -> Any:
+    """A YAML file's content; a syntax error becomes one line with its position."""
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: not valid YAML{where} ({problem}); fix the file") from None
+
+
+#: Grids up to this many cells are validated cell by cell; larger ones by their distinct
+#: values (each value of each axis once, the other axes at their first value), so a huge
+#: grid is checked in time linear in its values, not its cells.
+EXHAUSTIVE_CELLS = 2000
+
+
 def validate_cells(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
-    """Resolve every grid cell (or the space's corners) before any trial starts; raise
-    :class:`ConfigError` naming up to five bad cells."""
+    """Resolve every grid cell (for huge grids, every distinct value; for a search, the
+    space's corners) before any trial starts; raise :class:`ConfigError` naming up to
+    five bad cells."""
     errors, cfgs = [], []
-    probes = spec.cells() if spec.kind == "grid" else _space_probes(spec.space)
+    if spec.kind == "grid":
+        n = 1
+        for v in spec.grid.values():
+            n *= len(v)
+        probes = spec.cells() if n <= EXHAUSTIVE_CELLS else _value_probes(spec.grid)
+    else:
+        probes = _space_probes(spec.space)
     for cell in probes:
         try:
             cfgs.append(resolve_trial(settings.trial, spec.effective_trial(), dotted=cell))
@@ -203,6 +232,13 @@ def check_suite(spec: StudySpec, settings: Settings, data_root: str | None = Non
     if errors:
         raise ConfigError("\n".join(errors))
     return datasets
+
+
+def _value_probes(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Cells that together hold every value of every axis: the first cell, then each other
+    value of one axis with the rest at their first value."""
+    first = {k: v[0] for k, v in grid.items()}
+    return [first] + [{**first, k: x} for k, vals in grid.items() for x in vals[1:]]
 
 
 def _space_probes(space: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

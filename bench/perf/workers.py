@@ -1,0 +1,66 @@
+"""Grid wall time with 1, 2 and 4 local workers on one journal storage.
+
+    python -m bench.perf.workers [--cells 16] [--workers 1 2 4] [--threads N]
+
+Each row starts N ``bench grid`` processes on a fresh store and times until all exit.
+Target: more workers never make the grid slower than one worker (the thread budget,
+:mod:`bench.threads`, shares the cores); on a machine with C cores, up to C workers
+should be faster. Prints the load average, since other work on the machine skews times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def one(workers: int, cells: int, threads: int | None) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        alphas = [4.0 * (i + 1) for i in range(cells // 2)]
+        (root / "bench.yaml").write_text(yaml.safe_dump({
+            "tracking_uri": f"sqlite:///{root}/mlruns/mlflow.db", "artifact_root": str(root / "art"),
+            "storage": f"journal:{root}/optuna.journal"}))
+        (root / "g.yaml").write_text(yaml.safe_dump({"experiment": "w", "kind": "grid",
+                                                     "grid": {"loss.alpha": alphas, "loss.delta": [0.1, 0.2]}}))
+        env = {**os.environ, "BENCH_CONFIG": str(root / "bench.yaml")}
+        env.pop("BENCH_THREADS", None)
+        cmd = [sys.executable, "-m", "bench", "grid", "g.yaml", "--no-progress"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        # The store is created once first, as a user's first worker would, so all rows
+        # time the same work: N workers on one existing study.
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(workers)]
+        for p in procs:
+            if p.wait() != 0:
+                raise SystemExit(p.stderr.read().decode())
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=16)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--threads", type=int, default=None, help="force threads per worker (default: the budget)")
+    a = ap.parse_args()
+    print(f"load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}")
+    base = None
+    print(f"{'workers':>8} {'seconds':>8} {'vs 1 worker':>12}  target <= 1.00")
+    for w in a.workers:
+        s = one(w, a.cells, a.threads)
+        base = base or s
+        print(f"{w:>8} {s:>8.1f} {s / base:>12.2f}  {'ok' if s <= base * 1.05 else 'SLOWER'}")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

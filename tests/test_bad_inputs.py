@@ -1,0 +1,138 @@
+"""Bad input ends before any work with one line naming the problem and the fix, exit code
+2, nothing created; and no password ever reaches an output."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+
+GRID = "experiment: bad\nkind: grid\ngrid: {loss.alpha: [8, 16]}\n"
+
+
+@pytest.fixture
+def project(tmp_path, tiny_trial, monkeypatch):
+    import yaml
+
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump({
+        "tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "artifact_root": str(tmp_path / "mlruns" / "a"),
+        "storage": f"journal:{tmp_path}/optuna.journal", "trial": tiny_trial}))
+    (tmp_path / "g.yaml").write_text(GRID)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path / "bench.yaml"))
+    return tmp_path
+
+
+def one_line_error(capsys, argv, *, code=2) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == code, err
+    assert err and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_malformed_yaml_and_folder_paths(project, capsys):
+    (project / "broken.yaml").write_text("experiment: x\ngrid: {loss.alpha: [8, 16\n")
+    assert "not valid YAML at line" in one_line_error(capsys, ["grid", "broken.yaml"])
+    (project / "studies").mkdir()
+    assert "is a folder" in one_line_error(capsys, ["grid", "studies"])
+    assert not (project / "mlruns").exists() and not (project / "optuna.journal").exists()
+
+
+def test_locked_sqlite_storage(project, capsys, monkeypatch):
+    db = project / "locked.db"
+    holder = sqlite3.connect(db)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setenv("BENCH_SQLITE_TIMEOUT", "0.2")
+    try:
+        line = one_line_error(capsys, ["grid", "g.yaml", "--storage", f"sqlite:///{db}"])
+    finally:
+        holder.close()
+    assert "locked" in line and "--storage" in line
+    assert not (project / "mlruns").exists()  # nothing created past the store that failed
+
+
+def test_unreachable_postgresql_masks_the_password(project, capsys):
+    url = "postgresql://bench:PLANTED-SECRET@127.0.0.1:9/bench"
+    line = one_line_error(capsys, ["grid", "g.yaml", "--storage", url])
+    assert "cannot reach the server" in line and "PLANTED-SECRET" not in line and "bench:***@" in line
+    line = one_line_error(capsys, ["run", "--tracking-uri", url])
+    assert "--tracking-uri" in line and "PLANTED-SECRET" not in line
+    assert not (project / "mlruns").exists()
+
+
+def test_wrong_postgresql_password(project, capsys, postgres_server_url):
+    user_host = postgres_server_url.split("://", 1)[1].split("@", 1)
+    url = f"postgresql://{user_host[0].split(':')[0]}:WRONG-PLANTED@{user_host[1]}"
+    line = one_line_error(capsys, ["grid", "g.yaml", "--storage", url])
+    assert "password" in line and "WRONG-PLANTED" not in line
+
+
+def test_unwritable_store(project, capsys):
+    line = one_line_error(capsys, ["grid", "g.yaml", "--storage", "journal:/proc/bench/optuna.journal"])
+    assert "--storage journal:/proc/bench/optuna.journal" in line
+
+
+def test_diverging_run_is_one_line(project, capsys, monkeypatch):
+    from bench.losses import ProxyAnchorLoss
+
+    real = ProxyAnchorLoss.forward
+    monkeypatch.setattr(ProxyAnchorLoss, "forward", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    line = one_line_error(capsys, ["run", "--no-track"])
+    assert "the trial failed: loss became nan" in line and "train.lr" in line
+
+
+def test_threads_must_be_positive(project, capsys):
+    assert "--threads 0" in one_line_error(capsys, ["run", "--no-track", "--threads", "0"])
+
+
+def test_features_with_nan_rows_name_the_count(tmp_path):
+    from bench.config import resolve_trial
+    from bench.data import create_dataset
+
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    x[[3, 17], 1] = [np.nan, np.inf]
+    np.savez(tmp_path / "f.npz", x=x, y=np.arange(40) % 8)
+    cfg = resolve_trial({}, dotted={"data.name": "features", "data.root": str(tmp_path / "f.npz")})
+    with pytest.raises(Exception, match=r"2 of 40 rows hold NaN or infinite features \(first rows: 3, 17\)"):
+        create_dataset(cfg.data, None)
+
+
+def test_datasets_check_reports_empty_class_folders(tmp_path):
+    from bench.data import fixtures as fx
+    from bench.data.check import check_dataset, format_report
+
+    f = fx.write_folder(tmp_path / "imgs", n_classes=4, per_class=2)
+    (f.root / "class_99").mkdir()
+    r = check_dataset("folder", f.root)
+    assert r["empty_class_folders"] == ["class_99"] and not r["ok"]
+    assert "class_99" in format_report(r)
+
+
+def test_huge_grid_is_validated_by_its_values(tiny_trial):
+    import time
+
+    from bench.config import ConfigError, Settings
+    from bench.studies import StudySpec
+    from bench.studies.spec import validate_cells
+
+    grid = {"loss.alpha": [float(a) for a in range(1, 201)], "loss.delta": [d / 1000 for d in range(200)],
+            "train.seed": list(range(100))}  # 4 million cells
+    t0 = time.perf_counter()
+    cfgs = validate_cells(Settings(trial=tiny_trial), StudySpec(experiment="huge", grid=grid))
+    assert len(cfgs) == 1 + 199 + 199 + 99, time.perf_counter() - t0
+    bad = StudySpec(experiment="huge", grid={**grid, "loss.alpha": grid["loss.alpha"] + [-1.0]})
+    with pytest.raises(ConfigError, match="loss.alpha"):
+        validate_cells(Settings(trial=tiny_trial), bad)
+
+
+def test_mask_url():
+    from bench.secrets import mask_url
+
+    assert mask_url("postgresql+psycopg://u:p%40ss@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
+    assert mask_url("error at http://tok:abc@x/y and sqlite:///a.db") == "error at http://tok:***@x/y and sqlite:///a.db"
+    assert mask_url("https://host:5000/path") == "https://host:5000/path"  # a port is not a password

@@ -1,0 +1,129 @@
+"""Fault injection: kill, interrupt or break a worker at a named point, rerun the same
+command with no flag, and count: every cell completed exactly once (Optuna and MLflow
+agree), nothing left RUNNING.
+
+Default run: one fast form per kind of fault. ``-m slow``: the matrix of fault points x
+actions x storages (journal, SQLite, PostgreSQL) x 1-4 workers.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench.studies import faults
+from fleet_kit import Project, postgres_database
+
+EXIT = {"kill": -9, "int": 130, "term": 130}
+
+
+def storage_url(kind: str, tmp_path, request) -> str:
+    if kind == "journal":
+        return f"journal:{tmp_path}/optuna.journal"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/optuna.db"
+    return postgres_database(request.getfixturevalue("postgres_server_url"))
+
+
+def fault_then_rerun(project: Project, fault: str, monkeypatch, workers: int = 1, all_faulty: bool = False):
+    action = fault.split(":")[1].split("@")[0]
+    outs = project.run([fault if (i == 0 or all_faulty) else None for i in range(workers)])
+    faulty = outs if all_faulty else outs[:1]
+    assert all(rc == EXIT[action] for rc, _ in faulty), [o for _, o in faulty]  # the fault did happen
+    assert all(rc == 0 for rc, _ in (outs[1:] if not all_faulty else [])), outs
+    project.rerun_in_process(monkeypatch)  # the plain rerun
+    census = project.census()
+    assert census.exactly_once(), census.row()
+    return census
+
+
+# ------------------------------------------------------------------ fast forms (default run)
+
+
+def test_sigkill_mid_epoch_then_plain_rerun(tmp_path, tiny_trial, monkeypatch):
+    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal")
+    c = fault_then_rerun(p, "mid_epoch:kill", monkeypatch)
+    assert c.run_statuses["KILLED"] == 1  # the dead trial's run, closed by the rerun
+
+
+def test_sigterm_before_tell_then_plain_rerun(tmp_path, tiny_trial, monkeypatch):
+    p = Project(tmp_path, tiny_trial, f"sqlite:///{tmp_path}/optuna.db")
+    c = fault_then_rerun(p, "before_tell:term", monkeypatch)
+    assert c.run_statuses["KILLED"] == 1 and c.states["FAIL"] == 1
+
+
+def test_sigkill_after_tell_keeps_the_result_and_closes_the_run(tmp_path, tiny_trial, monkeypatch):
+    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal")
+    c = fault_then_rerun(p, "after_tell:kill", monkeypatch)
+    assert c.states == {"COMPLETE": 4}  # nothing rerun: the told trial counts
+
+
+def test_sigkill_on_postgresql_then_plain_rerun(tmp_path, tiny_trial, request, monkeypatch):
+    p = Project(tmp_path, tiny_trial, storage_url("postgres", tmp_path, request))
+    fault_then_rerun(p, "before_trial:kill", monkeypatch)
+
+
+def in_process(storage: str, fault: str, tmp_path, tiny_trial, monkeypatch):
+    """A project and its settings for running the grid in this process with ``fault``."""
+    from bench.config import Settings
+    from bench.studies import StudySpec
+
+    monkeypatch.setattr(faults, "_trials_started", 0)
+    monkeypatch.setenv("BENCH_FAULT", fault)
+    p = Project(tmp_path, tiny_trial, storage)
+    s = Settings(tracking_uri=p.tracking_uri, artifact_root=str(tmp_path / "mlruns" / "artifacts"),
+                 storage=p.storage, trial=tiny_trial)
+    return p, s, StudySpec(experiment="faults", grid=p.grid)
+
+
+def test_tracker_error_fails_one_trial_which_is_retried(tmp_path, tiny_trial, monkeypatch):
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"sqlite:///{tmp_path}/optuna.db", "logging:tracker@2", tmp_path, tiny_trial, monkeypatch)
+    out = run_study(spec, s, progress=False)
+    assert (out.completed, out.failed) == (4, 1)
+    c = p.census()
+    assert c.exactly_once(), c.row()
+    assert c.run_statuses == {"FINISHED": 4, "FAILED": 1}
+
+
+def test_ctrl_c_in_process_then_resume(tmp_path, tiny_trial, monkeypatch):
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"journal:{tmp_path}/optuna.journal", "mid_epoch:int@3", tmp_path, tiny_trial, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, s, progress=False)
+    c = p.census()
+    assert c.running == 0 and c.run_statuses["KILLED"] == 1  # the interrupted run is closed at once
+    monkeypatch.delenv("BENCH_FAULT")
+    again = run_study(spec, s, progress=False)
+    assert (again.completed, again.skipped) == (2, 2)  # the interrupted cell is not skipped
+    c = p.census()
+    assert c.exactly_once(), c.row()
+
+
+# ------------------------------------------------------------------ the matrix (slow)
+
+STORAGES = ("journal", "sqlite", "postgres")
+MATRIX = (
+    [(point, "kill", st, 2) for point in faults.POINTS for st in STORAGES]
+    + [(point, "term", st, 1) for point in ("mid_epoch", "before_tell") for st in STORAGES]
+    + [("mid_epoch", "kill", st, 4) for st in STORAGES]
+    + [("before_trial", "int", "journal", 3)]
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,action,storage,workers", MATRIX, ids=lambda v: str(v))
+def test_fault_matrix(point, action, storage, workers, tmp_path, tiny_trial, request, monkeypatch):
+    nth = random.Random(f"{point}{action}{storage}{workers}").randint(1, 2)  # which of its trials it dies in
+    p = Project(tmp_path, tiny_trial, storage_url(storage, tmp_path, request))
+    fault_then_rerun(p, f"{point}:{action}@{nth}", monkeypatch, workers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", STORAGES)
+def test_power_cut_kills_every_worker(storage, tmp_path, tiny_trial, request, monkeypatch):
+    p = Project(tmp_path, tiny_trial, storage_url(storage, tmp_path, request))
+    fault_then_rerun(p, "mid_epoch:kill", monkeypatch, workers=3, all_faulty=True)
