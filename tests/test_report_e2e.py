@@ -171,3 +171,25 @@ def test_study_plots_from_the_storage_or_rebuilt_from_the_tracking_store(store, 
     paths = {f.path for f in MlflowClient(settings.tracking_uri).list_artifacts(alr_parent, "report/b")}
     assert "report/b/index.html" in paths
     assert set(pd.read_csv(tmp_path / "b" / "recall_at_k.csv")["label"]) == {"Proxy-Anchor [tpe]", "Proxy-Anchor [alr]"}
+
+
+def test_demo_all_runs_every_figure_study_and_links_every_report(tmp_path, monkeypatch):
+    import yaml
+    from conftest import TINY
+
+    from bench.cli import main
+
+    (tmp_path / "studies" / "figures").mkdir(parents=True)
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "artifact_root": str(tmp_path / "mlruns" / "artifacts"),
+           "storage": f"sqlite:///{tmp_path}/optuna.db", "trial": {**TINY, "train": {**TINY["train"], "epochs": 1}}}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "studies" / "figures" / "a.yaml").write_text("experiment: fa\ngrid: {train.batch_size: [16, 32]}\n")
+    (tmp_path / "studies" / "figures" / "b.yaml").write_text("experiment: fb\ngrid: {train.seed: [0]}\nrepeat: {seeds: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BENCH_CONFIG", raising=False)
+    assert main(["demo", "--all", "--no-progress"]) == 0
+    assert (tmp_path / "reports" / "fa" / "r1_vs_batch_size.png").is_file()
+    rk = pd.read_csv(tmp_path / "reports" / "fb" / "recall_at_k.csv")
+    assert set(rk["source"]) == {"repeats"}  # the file's repeat: block ran after its grid
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert 'href="fa/index.html"' in index and 'href="fb/index.html"' in index
