@@ -96,6 +96,14 @@ def test_rebuild_is_byte_identical_and_a_failed_one_leaves_the_last_untouched(st
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".again")) == []  # no half-written folder
 
 
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once closed
+
+
 def test_bad_input_is_one_line_and_exit_2(store, tmp_path):
     settings, tmp = store
     from mlflow import MlflowClient
@@ -109,6 +117,7 @@ def test_bad_input_is_one_line_and_exit_2(store, tmp_path):
         ("--experiment", "alr", "--where", "train.lr=0.5"): "values of train.lr: 0.001, 0.01",
         ("--experiment", "alr", "--out", str(tmp_path / "file")): "is a file",
         ("--experiment", "alr", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"): "no tracking store at",
+        ("--experiment", "alr", "--tracking-uri", f"http://127.0.0.1:{closed_port()}"): "the tracking server does not answer",
     }
     for argv, msg in cases.items():
         code, err = cli(settings, "report", *argv)

@@ -99,6 +99,8 @@ def open_store(tracking_uri: str):
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise ReportInputError(f"no tracking store at {tracking_uri[len('sqlite:///'):]}; run a grid first "
                                "(bench grid FILE) or point --tracking-uri at the store")
+    if tracking_uri.startswith(("http://", "https://")):
+        _reach(tracking_uri)
     try:
         client = MlflowClient(prepare_tracking_uri(tracking_uri))
         client.search_experiments(max_results=1)
@@ -107,6 +109,24 @@ def open_store(tracking_uri: str):
     except Exception as e:  # any driver or server error: the store does not open
         raise ReportInputError(str(explain("--tracking-uri", tracking_uri, e))) from None
     return client
+
+
+def _reach(url: str, timeout: float = 5.0) -> None:
+    """A tracking server answers its health check within ``timeout`` seconds, or the report
+    says so at once (MLflow's own client would retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    from bench.secrets import mask_url
+
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (with an error page): MLflow's own calls will say more
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ReportInputError(f"--tracking-uri {mask_url(url)}: the tracking server does not answer ({reason}); "
+                               "start it (bench server / bench ui) or fix the URL") from None
 
 
 def loss_label(params: pd.Series) -> str:
