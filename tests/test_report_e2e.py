@@ -69,9 +69,11 @@ def test_alpha_x_lr_report_shows_each_cell_as_its_own_run_and_lands_on_the_paren
     sel = table[table["selected"]]
     assert len(sel) == 1 and sel["val_r1"].item() == pytest.approx(runs["metrics.val_recall_at_1"].max(), abs=1e-6)
     assert res["studies"]["Proxy-Anchor"]["selected"] == sel["cell"].item()
-    # the whole folder is on the parent run under report/
     from mlflow import MlflowClient
 
+    parent_tags = MlflowClient(settings.tracking_uri).get_run(runs["tags.mlflow.parentRunId"].iloc[0]).data.tags
+    assert parent_tags["bench.selected_cell"] == sel["cell"].item()  # the study's own choice, same rule
+    # the whole folder is on the parent run under report/
     parent = runs["tags.mlflow.parentRunId"].iloc[0]
     assert res["logged_on_parent_runs"] == [parent]
     logged = {f.path for f in MlflowClient(settings.tracking_uri).list_artifacts(parent, "report")}
