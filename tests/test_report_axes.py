@@ -160,3 +160,11 @@ def test_a_comparison_of_experiments_labels_each_study_by_its_experiment():
     rs = assemble([("honest", "1", a, {}), ("parity", "2", b, {})])
     assert sorted(s.label for s in rs.studies.values()) == ["Proxy-Anchor [honest]", "Proxy-Anchor [parity]"]
     assert [len(rs.headline_runs(k)[0]) for k in rs.studies] == [2, 2]  # never pooled into one of 4
+
+
+def test_runs_a_pruner_stopped_are_not_results():
+    rows = [run("s", {"loss.alpha": a}, test=0.5, val=0.5) for a in (4, 8)]
+    pruned = run("s", {"loss.alpha": 16}, test=float("nan"), val=float("nan"))
+    pruned["tags.bench.outcome"] = "pruned"
+    rs = runset(rows + [pruned])
+    assert len(rs.runs) == 2 and {json.loads(c)["loss.alpha"] for c in rs.runs["cell"]} == {4, 8}

@@ -222,8 +222,9 @@ def assemble(recorded: list[tuple[str, str, pd.DataFrame, dict[str, tuple[str, d
 
 def _prepare(runs: pd.DataFrame, experiment: str, experiment_id: str,
              parents: dict[str, tuple[str, dict[str, Any]]], studies: dict[str, Study]) -> pd.DataFrame:
-    """Assign each run to its study (repeats to the study they repeat) and its cell."""
-    runs = runs.copy()
+    """Assign each run to its study (repeats to the study they repeat) and its cell. Runs a
+    pruner stopped early (``bench.outcome = pruned``, status FINISHED) have no results: left out."""
+    runs = runs[runs.get("tags.bench.outcome", pd.Series(None, index=runs.index)) != "pruned"].copy()
     col = lambda c: runs[c] if c in runs else pd.Series(None, index=runs.index, dtype=object)  # noqa: E731
     repeat_of = col(f"tags.{REPEAT_STUDY}")
     runs["study_name"] = repeat_of.where(repeat_of.notna(), col(f"tags.{STUDY}")).fillna("")
