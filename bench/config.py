@@ -76,6 +76,12 @@ class ModelConfig(_Strict):
     backbone: str = Field("none", description="'none' = head over features")
     embedding_dim: int = Field(128, ge=1)
     head: Literal["mlp", "linear"] = "mlp"
+    head_init: Literal["auto", "pytorch", "official"] = Field(
+        "auto",
+        description="embedding layer init: 'official' = kaiming_normal_(fan_out) weights, zero bias (the official "
+        "Proxy-Anchor code, over a trained backbone); 'pytorch' = nn.Linear's default; auto = official for an image "
+        "model whose backbone trains, pytorch for a head over features (features files, frozen-backbone features)",
+    )
     hidden_dim: int = Field(512, ge=1, description="width of the MLP head's hidden layer")
     pool: Literal["gap_gmp", "gap", "gmp"] = Field("gap_gmp", description="pooling of the backbone's feature map (GAP+GMP summed, as the official code)")
     backbone_impl: Literal["auto", "torchvision", "builtin"] = Field(
@@ -110,7 +116,9 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="head learning rate (official image recipe: 1e-4)")
     proxy_lr_mult: float = Field(100.0, gt=0, description="proxy learning rate = lr * this")
     weight_decay: float = Field(1e-4, ge=0)
-    grad_clip: float | None = Field(10.0, gt=0, description="max grad norm; null = off")
+    grad_clip: float | None = Field(
+        None, gt=0, description="gradient clipping threshold (see grad_clip_mode); null = off (the paper presets: 10, value)"
+    )
     sampler: Literal["random", "m_per_class"] = "random"
     m_per_class: int = Field(4, ge=1)
     seed: int = 0

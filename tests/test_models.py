@@ -138,11 +138,35 @@ def test_gap_gmp_pool_and_linear_head():
     x = torch.randn(3, 5, 4, 4)
     torch.testing.assert_close(GlobalPool("gap_gmp")(x), x.mean((2, 3)) + x.amax((2, 3)))
     torch.testing.assert_close(GlobalPool("gap")(x), x.mean((2, 3)))
-    head = EmbeddingHead(5, 7, "linear")
-    assert torch.count_nonzero(head.net.bias) == 0
     net = EmbeddingNet(create_backbone("small_cnn"), EmbeddingHead(128, 16, "linear"))
     emb = net(torch.randn(4, 3, 8, 8))
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_head_inits_official_and_pytorch(kind):
+    torch.manual_seed(0)
+    official = EmbeddingHead(256, 128, kind, hidden_dim=256, init="official")
+    last = official.net if kind == "linear" else official.net[-1]
+    assert torch.count_nonzero(last.bias) == 0
+    assert last.weight.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.03)  # kaiming normal, fan_out
+    plain = EmbeddingHead(256, 128, kind, hidden_dim=256, init="pytorch")
+    last = plain.net if kind == "linear" else plain.net[-1]
+    bound = 1 / 256**0.5
+    assert last.weight.abs().max() <= bound and last.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.03)
+    assert torch.count_nonzero(last.bias) == 128 and last.bias.abs().max() <= bound
+    with pytest.raises(ValueError, match="model.head_init 'xavier'"):
+        EmbeddingHead(4, 4, kind, init="xavier")
+
+
+def test_head_init_auto_is_official_only_when_the_backbone_trains():
+    from bench.config import resolve_trial
+    from bench.models import head_init
+
+    cfg = resolve_trial({}).model
+    assert (head_init(cfg, backbone_trains=True), head_init(cfg, backbone_trains=False)) == ("official", "pytorch")
+    forced = resolve_trial({}, dotted={"model.head_init": "official"}).model
+    assert head_init(forced, backbone_trains=False) == "official"
 
 
 def test_freeze_batchnorm_keeps_statistics_and_affine_fixed():

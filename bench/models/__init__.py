@@ -68,6 +68,14 @@ def build_backbone(cfg: Any) -> nn.Module:
     )
 
 
+def head_init(cfg: Any, backbone_trains: bool) -> str:
+    """``model.head_init``; ``auto`` = the official init over a backbone that trains, else PyTorch's."""
+    choice = getattr(cfg, "head_init", "auto")
+    if choice == "auto":
+        return "official" if backbone_trains else "pytorch"
+    return choice
+
+
 def create_model(cfg: Any, dataset: Any) -> nn.Module:
     """Build the model ``cfg`` (a :class:`bench.config.ModelConfig`) names for ``dataset``."""
     if cfg.backbone == "none":
@@ -76,18 +84,18 @@ def create_model(cfg: Any, dataset: Any) -> nn.Module:
                 f"model.backbone=none needs a features dataset; {dataset.name!r} holds images: "
                 f"set model.backbone (one of {', '.join(list_backbones())})"
             )
-        return EmbeddingHead(dataset.input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim)
+        return EmbeddingHead(dataset.input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, False))
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown model.backbone {cfg.backbone!r}; allowed: none, {', '.join(list_backbones())}")
     if dataset.kind == "features":
         if dataset.info.get("frozen_backbone") == cfg.backbone:  # cached frozen-backbone features
-            return EmbeddingHead(dataset.input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim)
+            return EmbeddingHead(dataset.input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, False))
         raise ValueError(
             f"model.backbone={cfg.backbone} needs an image dataset; {dataset.name!r} holds features: "
             "set model.backbone=none"
         )
     backbone = build_backbone(cfg)
-    head = EmbeddingHead(backbone.out_features, cfg.embedding_dim, cfg.head, cfg.hidden_dim)
+    head = EmbeddingHead(backbone.out_features, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, True))
     return EmbeddingNet(backbone, head, getattr(cfg, "pool", "gap_gmp"))
 
 
