@@ -63,6 +63,11 @@ class DataConfig(_Strict):
     decode_short_side: int | None = Field(
         None, ge=0, description="downsize image files on decode to this shorter side; null = the eval resize (256 at 224), 0 = full resolution"
     )
+    image_store: str | None = Field(
+        ".cache/images",
+        description="folder of the decoded-image store (image files decoded once per dataset into a uint8 "
+        "memory-mapped file shared by every trial and worker); null = decode the files every epoch, write nothing",
+    )
 
     @field_validator("name")
     @classmethod
@@ -135,11 +140,10 @@ class TrainConfig(_Strict):
         "auto", description="mixed precision: auto = bf16 for image backbones on CUDA, none otherwise; fp16 needs CUDA"
     )
     channels_last: bool = Field(True, description="channels_last memory format for image backbones on CUDA")
-    compile: bool = Field(False, description="torch.compile the model's training forward (evaluation runs eager)")
+    compile: bool = Field(False, description="torch.compile the backbone's training forward (head, loss and evaluation run eager)")
     num_workers: int | None = Field(
         None, ge=0, description="image loader worker processes; null = 0 for in-memory images, else min(8, cores - 1)"
     )
-    cache_images: bool = Field(False, description="decode every image file once into memory (uint8) before training")
 
 
 class EvalConfig(_Strict):

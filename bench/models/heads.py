@@ -56,6 +56,13 @@ class EmbeddingHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)
 
+    def optimizer_groups(self, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
+        """Every parameter at ``lr`` (``backbone_lr_mult`` is for models with a backbone)."""
+        return [{"params": list(self.parameters()), "lr": lr, "name": "head"}]
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.train()
+
 
 class GlobalPool(nn.Module):
     """Feature map ``(B, C, H, W)`` -> ``(B, C)``.

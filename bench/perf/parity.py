@@ -19,6 +19,8 @@ Sets: ``synthetic`` (the embedded dataset; linear and MLP heads) and ``nuisance`
 directions, a linear head). Settings: Proxy-Anchor alpha 4 / delta 0 and alpha 32 /
 delta 0.1; embedding 64, batch 120, AdamW lr 1e-3, weight decay 1e-4, proxies x100.
 Target: the trainer's mean test R@1 within 1 point of the reference's at every setting.
+``--former-defaults`` adds a column: the trainer with its former defaults (the official
+kaiming fan-out head init, gradient norm clipping at 10), the gap this check was built on.
 The two loops draw their batches from different random streams, so single seeds differ
 by seed noise; the means over seeds are what the target compares.
 """
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="synthetic,nuisance", help="comma-separated: synthetic, nuisance")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    ap.add_argument("--former-defaults", action="store_true",
+                    help="also run the trainer with model.head_init=official, train.grad_clip=10 (norm)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "bench-parity"),
                     help="where the nuisance features file is written")
     a = ap.parse_args(argv)
@@ -172,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sets: unknown {unknown}; allowed: {', '.join(sets)}")
     print(f"CPU, {torch.get_num_threads()} threads; recipe {dict(RECIPE, epochs=a.epochs)}; "
           f"target |mean gap| <= {TARGET:.2f} test R@1", flush=True)
-    rows = ["| set | head | alpha | delta | seed | reference R@1 | trainer R@1 | trainer - reference |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    former = " former defaults R@1 |" if a.former_defaults else ""
+    rows = [f"| set | head | alpha | delta | seed | reference R@1 | trainer R@1 | trainer - reference |{former}",
+            "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if former else "")]
     summary = ["| set | head | alpha | delta | reference mean | trainer mean | gap | target |",
                "|---|---|---:|---:|---:|---:|---:|---|"]
     failed = 0
@@ -192,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                     ours.append(o["test_r1"])
                     rows.append(f"| {name} | {head} | {alpha:g} | {delta:g} | {seed} | {r['test_r1']:.3f} | "
                                 f"{o['test_r1']:.3f} | {o['test_r1'] - r['test_r1']:+.3f} |")
+                    if a.former_defaults:
+                        old = cfg.model_copy(update={"model": cfg.model.model_copy(update={"head_init": "official"}),
+                                                     "train": cfg.train.model_copy(update={"grad_clip": 10.0})})
+                        rows[-1] += f" {trainer_trial(ds, old)['test_r1']:.3f} |"
                     print(rows[-1], f"({time.perf_counter() - t:.1f}s)", flush=True)
                 gap = statistics.mean(ours) - statistics.mean(ref)
                 ok = abs(gap) <= TARGET
