@@ -76,6 +76,13 @@ class DataConfig(_Strict):
             raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(sorted(DATASETS))}")
         return v
 
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"low {v[0]} exceeds high {v[1]}; give [low, high], e.g. [0.08, 1.0]")
+        return v
+
 
 class ModelConfig(_Strict):
     backbone: str = Field("none", description="'none' = head over features")

@@ -87,7 +87,8 @@ def make_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, train_cfg: 
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "lr": train_cfg.lr * train_cfg.proxy_lr_mult, "name": "loss"})
-    return torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"] for g in groups)
+    return torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay, fused=fused or None)
 
 
 def compiled_forward(model: torch.nn.Module, compile_: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -136,19 +137,17 @@ def run_trial(
     except PrecisionError as e:
         raise TrialFailed(str(e)) from None
 
-    inputs = create_inputs(ds, cfg, device, precision)
-    try:
-        return _train(cfg, inputs, precision, ks, fingerprint, callbacks, on_setup, t0)
-    finally:
-        inputs.close()
+    # The pieces: input stage (batches on the device), model (owns its optimiser groups and
+    # per-epoch mode), loss with its proxies, one AdamW over both.
+    with create_inputs(ds, cfg, device, precision) as inputs:
+        return _fit(cfg, inputs, precision, ks, fingerprint, callbacks, on_setup, t0)
 
 
-def _train(cfg: TrialConfig, inputs: Inputs, precision: Precision, ks: list[int], fingerprint: str,
-           callbacks, on_setup, t0: float) -> TrialResult:
-    device, train = inputs.device, cfg.train
-    ds = inputs.dataset
-    model = create_model(cfg.model, inputs.input_dim, train.freeze_bn, train.warmup_epochs).to(device)
-    model = precision.prepare(model)
+def _fit(cfg: TrialConfig, inputs: Inputs, precision: Precision, ks: list[int], fingerprint: str,
+         callbacks, on_setup, t0: float) -> TrialResult:
+    """The epochs of :func:`run_trial`, on a set-up input stage."""
+    device, train, ds = inputs.device, cfg.train, inputs.dataset
+    model = precision.prepare(create_model(cfg.model, inputs.input_dim, train.freeze_bn, train.warmup_epochs).to(device))
     loss_fn = build_loss(cfg.loss, ds.num_train_classes, cfg.model.embedding_dim, ds.train.class_parents).to(device)
 
     # Hooks a loss may define (Smooth Proxy-Anchor's phase 1, hierarchical re-clustering).

@@ -66,7 +66,7 @@ def test_device_transform_on_cuda_equals_the_cpu_one():
 
 def test_prefetch_to_cuda_keeps_every_batch_intact():
     host = [tuple(torch.full((4, 8), float(k)).pin_memory() for _ in range(2)) + (torch.arange(4),) for k in range(6)]
-    got = list(to_device(host + [None], torch.device("cuda")))
+    got = list(to_device(host, torch.device("cuda")))
     assert len(got) == 6
     for k, b in enumerate(got):
         assert all(t.is_cuda for t in b) and float(b[0].mean()) == k and torch.equal(b[2].cpu(), torch.arange(4))
@@ -153,8 +153,8 @@ def test_uint8_batches_reach_the_device(tmp_path):
                                     "train.batch_size": 4, "data.image_store": str(tmp_path / "store")})
     dev = torch.device("cuda")
     stage = create_inputs(create_dataset(cfg.data), cfg, dev, Precision.decide(cfg.train, dev, True))
-    raw = next(iter(to_device(stage.train_loader(), dev)))
-    assert raw[0].dtype == torch.uint8 and raw[0].is_cuda
+    raw = next(iter(to_device(stage._with_boxes(stage.train_loader(), True), dev)))
+    assert raw[0].dtype == torch.uint8 and raw[0].is_cuda and len(raw) == 6
     batch = next(iter(stage.train_batches(1)))
     assert batch.x.dtype == torch.bfloat16 and batch.x.is_contiguous(memory_format=torch.channels_last)
     stage.close()

@@ -136,6 +136,10 @@ def test_grey_float_arrays_become_three_normalised_channels():
 
 
 def test_crop_scale_low_above_high_is_refused():
+    from bench.config import ConfigError, resolve_trial
+
+    with pytest.raises(ConfigError, match=r"data.crop_scale: .*low 0.9 exceeds high 0.5"):
+        resolve_trial({}, dotted={"data.crop_scale": [0.9, 0.5]})
     with pytest.raises(ValueError, match=r"data.crop_scale=\[0.9, 0.5\]"):
         DeviceTransform(8, scale=(0.9, 0.5))
 

@@ -20,9 +20,10 @@ CPU = torch.device("cpu")
 
 
 def _cub(tmp_path, **over):
-    f = fx.write_cub(tmp_path / "cub", n_classes=8, per_class=4, corrupt=[1])
+    root = tmp_path / "cub"
+    f = fx.write_cub(root, n_classes=8, per_class=4, corrupt=[1]) if not root.exists() else None
     cfg = resolve_trial({}, dotted={
-        "data.name": "cub", "data.root": str(f.root), "data.image_size": 8, "data.val_fraction": 0.25,
+        "data.name": "cub", "data.root": str(root), "data.image_size": 8, "data.val_fraction": 0.25,
         "data.image_store": str(tmp_path / "store"), "model.backbone": "small_cnn", "train.batch_size": 4,
         "train.num_workers": 0, **over})
     return f, cfg, create_dataset(cfg.data)
@@ -82,6 +83,17 @@ def test_without_a_store_the_files_give_the_same_pixels(tmp_path):
     first = next(iter(with_store.train_batches(1))).x
     assert torch.equal(first, next(iter(direct.train_batches(1))).x)
     assert not (tmp_path / "nostore").exists()
+
+
+def test_every_trial_of_a_grid_reads_one_store(tmp_path):
+    from bench.inputs import store as st
+
+    _, cfg, ds = _cub(tmp_path)
+    before = dict(st.STORE_STATS)
+    _stage(ds, cfg)
+    _, other, ds2 = _cub(tmp_path, **{"loss.alpha": 8.0, "train.seed": 3, "train.batch_size": 8})
+    _stage(ds2, other)  # another cell (loss, seed, batch size): the same decoded pixels
+    assert st.STORE_STATS["built"] == before["built"] + 1 and st.STORE_STATS["opened"] == before["opened"] + 1
 
 
 def test_store_rows_are_the_decoded_files(tmp_path):

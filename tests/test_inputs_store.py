@@ -44,6 +44,8 @@ def test_store_holds_the_decoded_pixels_and_the_failures(jpegs, tmp_path):
     errors = {s.paths[r]: m for r, m in s.errors.items()}
     assert set(errors) == {bad, gone} and "FileNotFoundError" in errors[gone]
     assert s.nbytes == sum(decode_image(p, 24).size for p in good)
+    assert isinstance(s.pixels, np.memmap)  # read from the page cache, never loaded whole
+    assert np.shares_memory(s.image(0), s.pixels)
 
 
 def test_second_open_decodes_nothing_and_workers_get_no_pixels_by_pickle(jpegs, tmp_path, monkeypatch):

@@ -183,3 +183,27 @@ def test_freeze_batchnorm_keeps_statistics_and_affine_fixed():
         if ".1." in k or k.startswith("backbone.features.4.") or k.startswith("backbone.features.8."):
             assert torch.equal(before[k], after[k]), k  # BN: running stats and affine
     assert not torch.equal(before["backbone.features.0.weight"], after["backbone.features.0.weight"])
+
+
+def test_models_know_nothing_about_data():
+    """Models take an input width, never a dataset: importing them loads no data code."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.models; bad = [m for m in sys.modules if m.startswith(('bench.data', 'bench.inputs'))]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_owns_its_optimiser_groups_and_warmup():
+    torch.manual_seed(0)
+    net = EmbeddingNet(create_backbone("small_cnn"), EmbeddingHead(128, 16, "linear"), freeze_bn=True, warmup_epochs=1)
+    groups = {g["name"]: g for g in net.optimizer_groups(1e-3, backbone_lr_mult=0.1)}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["head"]["lr"] == 1e-3
+    bn = [p for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert bn and not any(p is q for p in bn for q in groups["backbone"]["params"])  # frozen BN: not trained
+    conv = net.backbone.features[0].weight
+    net.begin_epoch(1)
+    assert net.training and not conv.requires_grad and all(not m.training for m in net.backbone.modules()
+                                                             if isinstance(m, torch.nn.BatchNorm2d))
+    net.begin_epoch(2)
+    assert conv.requires_grad and not any(p.requires_grad for p in bn)

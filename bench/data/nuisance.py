@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data.synthetic import hierarchical_latents
+
 #: The parity check's settings: more classes than ``synthetic``'s 200 (320), nuisance directions
 #: five times the spread of a class (raw-feature kNN test R@1 ~ 0.10).
 DEFAULTS = dict(
@@ -55,13 +57,9 @@ def generate(
     if feature_dim < latent_dim + nuisance_dim:
         raise ValueError(f"feature_dim={feature_dim} must be >= latent_dim + nuisance_dim = {latent_dim + nuisance_dim}")
     rng = np.random.default_rng(seed)
-    n_classes = super_classes * classes_per_super
-    supers = rng.normal(size=(super_classes, latent_dim)) * hierarchy_strength
-    class_super = np.arange(n_classes) % super_classes
-    centres = supers[class_super] + rng.normal(size=(n_classes, latent_dim)) * class_spread
-    y = np.repeat(np.arange(n_classes), samples_per_class)
-    identity = centres[y] + rng.normal(size=(len(y), latent_dim)) * sample_spread
-    nuisance = rng.normal(size=(len(y), nuisance_dim)) * nuisance_scale
+    identity, nuisance, y, class_super = hierarchical_latents(
+        rng, super_classes, classes_per_super, samples_per_class, latent_dim, hierarchy_strength, class_spread,
+        sample_spread, nuisance_dim, nuisance_scale)
     # One random orthonormal basis: identity and nuisance directions are orthogonal but
     # mixed across every observed feature, so no single feature can be dropped to remove them.
     basis, _ = np.linalg.qr(rng.normal(size=(feature_dim, feature_dim)))

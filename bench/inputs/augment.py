@@ -12,17 +12,18 @@ there, for the whole batch at once (:class:`DeviceTransform`):
 
 Both are a per-image *box* (top, left, height, width in source pixels) followed by one
 bilinear resample of every box to ``size x size`` (:func:`resample_boxes`, a single
-``grid_sample``). Sample positions are the ones ``F.interpolate(crop, size, mode="bilinear",
-align_corners=False)`` uses, clamped to the box like ``interpolate`` clamps to the crop,
+``grid_sample``). Sample positions are the ones ``F.interpolate(..., mode="bilinear",
+align_corners=False)`` uses, clamped where ``interpolate`` clamps (to the crop for the
+random crop, which crops then resizes; to the image for eval, which resizes then crops),
 so a box resampled at its own size copies its pixels exactly. What it does not do is
 antialias when shrinking (``interpolate(antialias=True)`` filters over the footprint of
 an output pixel); at the default decode size (the shorter side stored at the eval resize,
 256 for 224 crops) a training crop shrinks by at most about 1.5x, where bilinear's
 aliasing is slight.
 
-Randomness: the boxes and flips are drawn per sample on the CPU from a
-``torch.Generator`` the caller seeds (per trial and epoch), in the order batches are
-consumed, so a trial's augmentation does not depend on the device, the number of loader
+Randomness: the boxes and flips are drawn per sample on the CPU, before the batch is
+copied to the device (:meth:`DeviceTransform.boxes`), from a ``torch.Generator`` the caller
+seeds (per trial and epoch), in the order batches are consumed, so a trial's augmentation does not depend on the device, the number of loader
 workers or their scheduling. :func:`random_resized_crop_boxes` draws the ten tries of every
 sample at once; the tries are independent, so the distribution of the boxes is that of
 the one-image-at-a-time algorithm (:class:`bench.data.images.RandomResizedCrop`, which a test
@@ -160,18 +161,20 @@ class DeviceTransform:
         self.dtype, self.channels_last = dtype, channels_last
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def boxes(self, sizes: torch.Tensor, train: bool, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The per-image boxes (and flips) a batch gets; drawn on the CPU."""
-        sizes = sizes.cpu()
+    def boxes(self, sizes: torch.Tensor, train: bool, generator: torch.Generator | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's per-image boxes and flips, drawn from ``sizes`` on the CPU (before the
+        batch goes to the device, so the draw never waits on it)."""
         if not train:
             return centre_crop_boxes(sizes, self.size, self.resize_to), None
         boxes = random_resized_crop_boxes(sizes, self.scale, self.ratio, generator)
-        flips = torch.rand(len(sizes), generator=generator) < 0.5 if self.flip else None
-        return boxes, flips
+        if self.flip:
+            return boxes, torch.rand(len(sizes), generator=generator) < 0.5
+        return boxes, torch.zeros(len(sizes), dtype=torch.bool)
 
-    def __call__(self, pixels: torch.Tensor, sizes: torch.Tensor, train: bool,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        boxes, flips = self.boxes(sizes, train, generator)
+    def apply(self, pixels: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None,
+              train: bool) -> torch.Tensor:
+        """The batch resampled to its boxes, normalised, in the model's dtype and memory format."""
         if pixels.dtype == torch.uint8:
             x = pixels.permute(0, 3, 1, 2).float()  # NHWC bytes -> NCHW float (a view, then one pass)
             scale = 1 / 255
@@ -184,9 +187,13 @@ class DeviceTransform:
         if out.shape[1] == 1:
             out = out.expand(-1, len(self.mean), -1, -1)
         out = torch.addcmul(-mean / std, out, scale / std)  # (x * scale - mean) / std in one pass
-        if self.channels_last:
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out.to(self.dtype)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return out.to(dtype=self.dtype, memory_format=fmt)
+
+    def __call__(self, pixels: torch.Tensor, sizes: torch.Tensor, train: bool,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """:meth:`boxes` then :meth:`apply`, for a batch wherever it is."""
+        return self.apply(pixels, sizes, *self.boxes(sizes.cpu(), train, generator), train)
 
     def _normalisers(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._stats:

@@ -72,7 +72,13 @@ class Inputs:
         return None
 
     def close(self) -> None:
-        """Release worker processes and buffers (the trainer calls it when the trial ends)."""
+        """Release worker processes and buffers (``with`` calls it when the trial ends)."""
+
+    def __enter__(self) -> "Inputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def split_metrics(split: Split, query: torch.Tensor, gallery: torch.Tensor | None, ks: Sequence[int]) -> dict[str, float]:

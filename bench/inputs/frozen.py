@@ -33,6 +33,7 @@ import torch
 from bench.data.base import RetrievalDataset, Split
 from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_for
 from bench.inputs.images import ImageInputs, decode_short_side, image_size
+from bench.inputs.store import hash_files
 from bench.models import FeatureExtractor
 from bench.models.backbones import BACKBONES, create_backbone, file_sha256, resolve_weights, torchvision_available
 from bench.precision import Precision
@@ -53,12 +54,7 @@ def split_content_hash(split: Split) -> str:
         h.update(str((x.shape, x.dtype.str)).encode())
         h.update(np.ascontiguousarray(x).tobytes())
     else:
-        for p in x:
-            try:
-                st = os.stat(p)
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}\0missing\n".encode())
+        hash_files(h, x)
     return h.hexdigest()
 
 

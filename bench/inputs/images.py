@@ -191,16 +191,15 @@ def collate_pixels(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return x, sizes, labels, rows
 
 
-def to_device(batches: Iterable, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+def to_device(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
     """Host batches onto ``device``; on CUDA the next batch's copy runs on a side stream
     while the current one is in use (pinned memory makes the copies asynchronous)."""
     if device.type != "cuda":
         for b in batches:
-            if b is not None:
-                yield tuple(t.to(device) for t in b)
+            yield tuple(t.to(device) for t in b)
         return
     stream = torch.cuda.Stream(device)
-    it = (b for b in batches if b is not None)
+    it = iter(batches)
 
     def load():
         b = next(it, None)
@@ -327,16 +326,23 @@ class ImageInputs(Inputs):
         loader = self.train_loader()
         self._sampler.set_epoch(epoch)
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.train.seed, epoch]).generate_state(1)[0]))
-        for pixels, sizes, y, rows in to_device(loader, self.device):
-            yield Batch(self.transform(pixels, sizes, train=True, generator=gen), y, rows)
+        for pixels, sizes, y, rows, boxes, flips in to_device(self._with_boxes(loader, True, gen), self.device):
+            yield Batch(self.transform.apply(pixels, sizes, boxes, flips, train=True), y, rows)
+
+    def _with_boxes(self, loader: Iterable, train: bool, gen: torch.Generator | None = None) -> Iterator[tuple]:
+        """Host batches with their boxes (and flips) drawn in batch order, before the copy."""
+        for batch in loader:
+            if batch is not None:
+                boxes, flips = self.transform.boxes(batch[1], train, gen)
+                yield (*batch, boxes) if flips is None else (*batch, boxes, flips)
 
     @torch.no_grad()
     def embed(self, model: torch.nn.Module, split: Split) -> torch.Tensor:
-        batch = max(2 * self.cfg.train.batch_size, 64)
+        loader = self._loader(split, False, batch_size=max(2 * self.cfg.train.batch_size, 64))
         out: torch.Tensor | None = None
-        for pixels, sizes, _, rows in to_device(self._loader(split, False, batch_size=batch), self.device):
+        for pixels, sizes, _, rows, boxes in to_device(self._with_boxes(loader, False), self.device):
             with self.precision.autocast():
-                e = model(self.transform(pixels, sizes, train=False)).float()
+                e = model(self.transform.apply(pixels, sizes, boxes, None, train=False)).float()
             if out is None:
                 out = torch.zeros(len(split), e.shape[1], device=self.device)
             out[rows] = e

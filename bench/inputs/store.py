@@ -50,15 +50,20 @@ class StoreError(OSError):
     """The store cannot be built (e.g. not enough disk space); the message says what to change."""
 
 
-def store_key(paths: Sequence[str], short_side: int | None) -> str:
-    """Hash of the store format, the decode size and each file's path, size and mtime."""
-    h = hashlib.sha256(f"v{VERSION}\0{short_side}\n".encode())
+def hash_files(h, paths: Sequence[str]) -> None:
+    """Feed each file's path, size and mtime to hash ``h`` (what a file's content is, cheaply)."""
     for p in paths:
         try:
             st = os.stat(p)
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{p}\0missing\n".encode())
+
+
+def store_key(paths: Sequence[str], short_side: int | None) -> str:
+    """Hash of the store format, the decode size and each file's path, size and mtime."""
+    h = hashlib.sha256(f"v{VERSION}\0{short_side}\n".encode())
+    hash_files(h, paths)
     return h.hexdigest()[:20]
 
 

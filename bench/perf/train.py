@@ -232,7 +232,7 @@ def official_loop(ds: RetrievalDataset, arch: str, size: int, batch: int, device
 
     torch.manual_seed(0)
     bb = create_backbone(arch)
-    model = EmbeddingNet(bb, EmbeddingHead(bb.out_features, 512, "linear")).to(device)
+    model = EmbeddingNet(bb, EmbeddingHead(bb.out_features, 512, "linear", init="official")).to(device)
     n_classes = int(ds.train.y.max()) + 1
     loss_fn = build_loss({"name": "proxy_anchor"}, n_classes, 512).to(device)
     opt = torch.optim.AdamW(
@@ -332,7 +332,7 @@ def mode_cpu_throughput(a: argparse.Namespace) -> None:
     root = Path(a.data or Path(tempfile.gettempdir()) / "bench-perf-jpegs-224")
     ds = jpeg_dataset(root, 64, 8, default_wh(224))
     r = suite_loop(ds, suite_config("resnet18", 224, 32, device, 2, 0, "none", str(root / "store")))
-    rows.append(("resnet18 224px batch 32: full trial step (cached JPEGs)", r))
+    rows.append(("resnet18 224px batch 32: full trial step (JPEGs via the decoded-image store)", r))
     print(_table(rows))
 
 
