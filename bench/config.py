@@ -63,6 +63,11 @@ class DataConfig(_Strict):
     decode_short_side: int | None = Field(
         None, ge=0, description="downsize image files on decode to this shorter side; null = the eval resize (256 at 224), 0 = full resolution"
     )
+    image_store: str | None = Field(
+        ".cache/images",
+        description="folder of the decoded-image store (image files decoded once per dataset into a uint8 "
+        "memory-mapped file shared by every trial and worker); null = decode the files every epoch, write nothing",
+    )
 
     @field_validator("name")
     @classmethod
@@ -71,11 +76,24 @@ class DataConfig(_Strict):
             raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(sorted(DATASETS))}")
         return v
 
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"low {v[0]} exceeds high {v[1]}; give [low, high], e.g. [0.08, 1.0]")
+        return v
+
 
 class ModelConfig(_Strict):
     backbone: str = Field("none", description="'none' = head over features")
     embedding_dim: int = Field(128, ge=1)
     head: Literal["mlp", "linear"] = "mlp"
+    head_init: Literal["auto", "pytorch", "official"] = Field(
+        "auto",
+        description="embedding layer init: 'official' = kaiming_normal_(fan_out) weights, zero bias (the official "
+        "Proxy-Anchor code, over a trained backbone); 'pytorch' = nn.Linear's default; auto = official for an image "
+        "model whose backbone trains, pytorch for a head over features (features files, frozen-backbone features)",
+    )
     hidden_dim: int = Field(512, ge=1, description="width of the MLP head's hidden layer")
     pool: Literal["gap_gmp", "gap", "gmp"] = Field("gap_gmp", description="pooling of the backbone's feature map (GAP+GMP summed, as the official code)")
     backbone_impl: Literal["auto", "torchvision", "builtin"] = Field(
@@ -110,7 +128,9 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="head learning rate (official image recipe: 1e-4)")
     proxy_lr_mult: float = Field(100.0, gt=0, description="proxy learning rate = lr * this")
     weight_decay: float = Field(1e-4, ge=0)
-    grad_clip: float | None = Field(10.0, gt=0, description="max grad norm; null = off")
+    grad_clip: float | None = Field(
+        None, gt=0, description="gradient clipping threshold (see grad_clip_mode); null = off (the paper presets: 10, value)"
+    )
     sampler: Literal["random", "m_per_class"] = "random"
     m_per_class: int = Field(4, ge=1)
     seed: int = 0
@@ -127,11 +147,10 @@ class TrainConfig(_Strict):
         "auto", description="mixed precision: auto = bf16 for image backbones on CUDA, none otherwise; fp16 needs CUDA"
     )
     channels_last: bool = Field(True, description="channels_last memory format for image backbones on CUDA")
-    compile: bool = Field(False, description="torch.compile the model's training forward (evaluation runs eager)")
+    compile: bool = Field(False, description="torch.compile the backbone's training forward (head, loss and evaluation run eager)")
     num_workers: int | None = Field(
         None, ge=0, description="image loader worker processes; null = 0 for in-memory images, else min(8, cores - 1)"
     )
-    cache_images: bool = Field(False, description="decode every image file once into memory (uint8) before training")
 
 
 class EvalConfig(_Strict):

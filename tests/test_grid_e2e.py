@@ -348,12 +348,17 @@ def test_pruned_trials_are_not_failures(stores, monkeypatch):
     spec = StudySpec(experiment="prune", kind="study", n_trials=7, sampler="random", pruner="median",
                      space={"loss.alpha": {"log_uniform": [1, 256]}, "train.lr": {"log_uniform": [1e-5, 1e-1]}},
                      trial={"train": {"epochs": 4}})
+    # Which trials the median rule prunes depends on the training curves; what is tested
+    # here is how a pruned trial is recorded, so the pruner's decision is fixed: trials 2
+    # and 5 are pruned at their second report.
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune",
+                        lambda self, study, trial: trial.number in (2, 5) and trial.last_step >= 2)
     out = run_study(spec, settings, progress=False)
     client = MlflowClient(settings.tracking_uri)
     exp = client.get_experiment_by_name("prune")
     kids = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["bench.role"] == "trial"]
     pruned = [r for r in kids if r.data.tags["bench.outcome"] == "pruned"]
-    assert out.pruned >= 1 and len(pruned) == out.pruned and out.pruned + out.completed == 7
+    assert out.pruned == 2 and len(pruned) == 2 and out.completed == 5
     for r in pruned:
         assert r.info.status == "FINISHED" and "bench.failure_reason" not in r.data.tags
         assert int(r.data.tags["bench.pruned_at_epoch"]) >= 2 and float(r.data.tags["bench.pruned_value"]) >= 0

@@ -138,11 +138,35 @@ def test_gap_gmp_pool_and_linear_head():
     x = torch.randn(3, 5, 4, 4)
     torch.testing.assert_close(GlobalPool("gap_gmp")(x), x.mean((2, 3)) + x.amax((2, 3)))
     torch.testing.assert_close(GlobalPool("gap")(x), x.mean((2, 3)))
-    head = EmbeddingHead(5, 7, "linear")
-    assert torch.count_nonzero(head.net.bias) == 0
     net = EmbeddingNet(create_backbone("small_cnn"), EmbeddingHead(128, 16, "linear"))
     emb = net(torch.randn(4, 3, 8, 8))
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_head_inits_official_and_pytorch(kind):
+    torch.manual_seed(0)
+    official = EmbeddingHead(256, 128, kind, hidden_dim=256, init="official")
+    last = official.net if kind == "linear" else official.net[-1]
+    assert torch.count_nonzero(last.bias) == 0
+    assert last.weight.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.03)  # kaiming normal, fan_out
+    plain = EmbeddingHead(256, 128, kind, hidden_dim=256, init="pytorch")
+    last = plain.net if kind == "linear" else plain.net[-1]
+    bound = 1 / 256**0.5
+    assert last.weight.abs().max() <= bound and last.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.03)
+    assert torch.count_nonzero(last.bias) == 128 and last.bias.abs().max() <= bound
+    with pytest.raises(ValueError, match="model.head_init 'xavier'"):
+        EmbeddingHead(4, 4, kind, init="xavier")
+
+
+def test_head_init_auto_is_official_only_when_the_backbone_trains():
+    from bench.config import resolve_trial
+    from bench.models import head_init
+
+    cfg = resolve_trial({}).model
+    assert (head_init(cfg, backbone_trains=True), head_init(cfg, backbone_trains=False)) == ("official", "pytorch")
+    forced = resolve_trial({}, dotted={"model.head_init": "official"}).model
+    assert head_init(forced, backbone_trains=False) == "official"
 
 
 def test_freeze_batchnorm_keeps_statistics_and_affine_fixed():
@@ -159,3 +183,27 @@ def test_freeze_batchnorm_keeps_statistics_and_affine_fixed():
         if ".1." in k or k.startswith("backbone.features.4.") or k.startswith("backbone.features.8."):
             assert torch.equal(before[k], after[k]), k  # BN: running stats and affine
     assert not torch.equal(before["backbone.features.0.weight"], after["backbone.features.0.weight"])
+
+
+def test_models_know_nothing_about_data():
+    """Models take an input width, never a dataset: importing them loads no data code."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.models; bad = [m for m in sys.modules if m.startswith(('bench.data', 'bench.inputs'))]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_owns_its_optimiser_groups_and_warmup():
+    torch.manual_seed(0)
+    net = EmbeddingNet(create_backbone("small_cnn"), EmbeddingHead(128, 16, "linear"), freeze_bn=True, warmup_epochs=1)
+    groups = {g["name"]: g for g in net.optimizer_groups(1e-3, backbone_lr_mult=0.1)}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["head"]["lr"] == 1e-3
+    bn = [p for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert bn and not any(p is q for p in bn for q in groups["backbone"]["params"])  # frozen BN: not trained
+    conv = net.backbone.features[0].weight
+    net.begin_epoch(1)
+    assert net.training and not conv.requires_grad and all(not m.training for m in net.backbone.modules()
+                                                             if isinstance(m, torch.nn.BatchNorm2d))
+    net.begin_epoch(2)
+    assert conv.requires_grad and not any(p.requires_grad for p in bn)

@@ -13,7 +13,7 @@ from bench.config import resolve_trial
 from bench.data import create_dataset
 from bench.data import fixtures as fx
 from bench.data.images import UnreadableImageWarning
-from bench.models import cache as fc
+from bench.inputs import frozen as fc
 from bench.train import TrialFailed, run_trial
 
 DIGITS = {
@@ -33,8 +33,8 @@ def _capture_model(monkeypatch):
     made = []
     real = train_mod.create_model
 
-    def spy(cfg, ds):
-        m = real(cfg, ds)
+    def spy(*a, **k):
+        m = real(*a, **k)
         made.append(m)
         return m
 
@@ -60,7 +60,7 @@ def test_frozen_bn_and_warmup_in_the_trainer(digits, monkeypatch):
     cfg = resolve_trial({}, dotted={**DIGITS, "train.epochs": 2, "train.freeze_bn": True, "train.warmup_epochs": 1,
                                     "train.lr_step": 1, "train.lr_gamma": 0.5, "train.grad_clip_mode": "value"})
     torch.manual_seed(cfg.train.seed)
-    init = {k: v.clone() for k, v in train_mod.create_model(cfg.model, digits).state_dict().items()}
+    init = {k: v.clone() for k, v in train_mod.create_model(cfg.model, None).state_dict().items()}
 
     def snap(epoch, _m):
         snaps.append({k: v.clone() for k, v in made[-1].state_dict().items()})
@@ -103,7 +103,7 @@ def test_cub_fixture_resnet18_with_corrupt_image(tmp_path):
         "data.name": "cub", "data.root": str(f.root), "data.image_size": 32, "data.val_fraction": 0.25,
         "model.backbone": "resnet18", "model.backbone_impl": "builtin", "model.head": "linear",
         "model.embedding_dim": 16, "train.epochs": 1, "train.batch_size": 4, "train.freeze_bn": True,
-        "train.num_workers": 0, "eval.ks": [1, 2],
+        "train.num_workers": 0, "eval.ks": [1, 2], "data.image_store": str(tmp_path / "store"),
     })
     with pytest.warns(UnreadableImageWarning, match=str(f.corrupted[0].name)):
         res = run_trial(cfg)
@@ -111,12 +111,12 @@ def test_cub_fixture_resnet18_with_corrupt_image(tmp_path):
     assert {"val_recall_at_1", "test_map_at_r", "best_epoch"} <= set(res.metrics)
 
 
-def test_inshop_fixture_query_against_gallery_with_cache_images(tmp_path):
+def test_inshop_fixture_query_against_gallery_through_the_image_store(tmp_path):
     f = fx.write_inshop(tmp_path / "inshop", items_per_category=4, per_item=3)
     cfg = resolve_trial({}, dotted={
         "data.name": "inshop", "data.root": str(f.root), "data.image_size": 16, "data.val_fraction": 0.0, "eval.select_on": "test",
         "model.backbone": "small_cnn", "model.head": "linear", "model.embedding_dim": 8,
-        "train.epochs": 1, "train.batch_size": 6, "train.cache_images": True, "eval.ks": [1, 10],
+        "train.epochs": 1, "train.batch_size": 6, "data.image_store": str(tmp_path / "store"), "eval.ks": [1, 10],
     })
     res = run_trial(cfg)
     assert set(res.metrics) >= {"test_recall_at_1", "test_recall_at_10"}
@@ -131,41 +131,43 @@ def _frozen(cache_dir, **over):
                                      "model.head": "mlp", "model.hidden_dim": 64, "train.epochs": 2, **over})
 
 
-def test_feature_cache_hit_and_equal_features(digits, tmp_path, monkeypatch):
+def test_feature_cache_hit_and_equal_features(digits, tmp_path):
     fc._MEMO.clear()
-    calls = {"n": 0}
-    real = fc.encode_split
+    before = dict(fc.CACHE_STATS)
 
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
+    def encoded() -> int:
+        return fc.CACHE_STATS["images_encoded"] - before["images_encoded"]
 
-    monkeypatch.setattr(fc, "encode_split", counting)
+    n_images = len(digits.train) + len(digits.val) + len(digits.test)
     info1, info2, info3 = {}, {}, {}
     r1 = run_trial(_frozen(tmp_path), dataset=digits, on_setup=info1.update)
-    assert calls["n"] == 3  # train, val, test
+    assert encoded() == n_images  # train, val, test once each
     files = sorted(tmp_path.glob("small_cnn-*.pt"))
     assert len(files) == 3
     assert info1["feature_cache_misses"] == 3 and info1["feature_dim"] == 128
 
     # Another cell of a grid (loss and seed differ): no backbone pass at all.
     run_trial(_frozen(tmp_path, **{"loss.alpha": 16.0, "train.seed": 1}), dataset=digits, on_setup=info2.update)
-    assert calls["n"] == 3 and info2["feature_cache_hits"] == 3
+    assert encoded() == n_images and info2["feature_cache_hits"] == 3
 
     # A new process (memo empty) reads the files; same seed -> the same trial as the miss.
     fc._MEMO.clear()
     r3 = run_trial(_frozen(tmp_path), dataset=digits, on_setup=info3.update)
-    assert calls["n"] == 3 and info3["feature_cache_hits"] == 3
+    assert encoded() == n_images and info3["feature_cache_hits"] == 3
     assert r3.metrics == r1.metrics
 
-    # The cached features equal a fresh computation.
+    # The cached features equal an independent computation: the extractor over the
+    # per-image reference eval transform (resize shorter side, centre crop, normalise).
+    from bench.data.images import eval_transform
+
     cfg = _frozen(tmp_path)
     key = fc.backbone_key(cfg.model, cfg.data, digits)
     ext = fc.build_extractor(cfg.model, None, key["impl"])
-    fresh = real(ext, digits.train, key["size"], key["decode_short_side"], torch.device("cpu"))
-    cached = torch.load(files[0], weights_only=True)["features"]
+    tf = eval_transform(key["size"])
+    with torch.no_grad():
+        fresh = ext(torch.stack([tf(torch.from_numpy(x)) for x in digits.train.x]))
     match = [c for c in (torch.load(p, weights_only=True)["features"] for p in files) if c.shape == fresh.shape]
-    assert any(torch.allclose(c, fresh, atol=1e-6) for c in match), cached.shape
+    assert any(torch.allclose(c, fresh, atol=1e-4) for c in match)
 
 
 def test_feature_cache_key_tracks_images_and_transform(digits, tmp_path):
@@ -209,6 +211,7 @@ def test_frozen_mode_on_jpegs_with_weights_file(tmp_path):
         "model.backbone": "resnet18", "model.backbone_impl": "builtin", "model.weights": str(tmp_path / "r18.pth"),
         "model.freeze_backbone": True, "model.feature_cache": str(tmp_path / "cache"), "model.head": "linear",
         "model.embedding_dim": 8, "train.epochs": 1, "train.batch_size": 3, "train.num_workers": 0, "eval.ks": [1],
+        "data.image_store": str(tmp_path / "store"),
     })
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnreadableImageWarning)

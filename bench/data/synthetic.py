@@ -22,6 +22,28 @@ import numpy as np
 from bench.data.base import RetrievalDataset, Split
 
 
+def hierarchical_latents(
+    rng: np.random.Generator, super_classes: int, classes_per_super: int, samples_per_class: int, latent_dim: int,
+    hierarchy_strength: float, class_spread: float, sample_spread: float, nuisance_dim: int, nuisance_scale: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Latent identity points ``(N, latent_dim)`` of classes under super-classes (class ``c``
+    under super-class ``c % super_classes``), nuisance factors ``(N, nuisance_dim)``, class
+    labels and each class's super-class. The generated sets map these to features.
+
+    Nuisance factors (pose, lighting) are shared by all classes and irrelevant to identity.
+    They dominate raw-feature distances; a learned metric that discounts them transfers to
+    unseen classes, which is what metric learning is for.
+    """
+    n_classes = super_classes * classes_per_super
+    supers = rng.normal(size=(super_classes, latent_dim)) * hierarchy_strength
+    class_super = np.arange(n_classes) % super_classes
+    centres = supers[class_super] + rng.normal(size=(n_classes, latent_dim)) * class_spread
+    y = np.repeat(np.arange(n_classes), samples_per_class)
+    z = centres[y] + rng.normal(size=(len(y), latent_dim)) * sample_spread
+    nuis = rng.normal(size=(len(y), nuisance_dim)) * nuisance_scale
+    return z, nuis, y, class_super
+
+
 def generate(
     super_classes: int = 8,
     classes_per_super: int = 25,
@@ -38,16 +60,9 @@ def generate(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(features float32 (N, F), class labels (N,), super-class labels (N,))``."""
     rng = np.random.default_rng(seed)
-    n_classes = super_classes * classes_per_super
-    supers = rng.normal(size=(super_classes, latent_dim)) * hierarchy_strength
-    class_super = np.arange(n_classes) % super_classes
-    centres = supers[class_super] + rng.normal(size=(n_classes, latent_dim)) * class_spread
-    y = np.repeat(np.arange(n_classes), samples_per_class)
-    z = centres[y] + rng.normal(size=(len(y), latent_dim)) * sample_spread
-    # Nuisance factors (pose, lighting): shared by all classes, irrelevant to identity. They
-    # dominate raw-feature distances; a learned metric that discounts them transfers to
-    # unseen classes, which is what metric learning is for.
-    nuis = rng.normal(size=(len(y), nuisance_dim)) * nuisance_scale
+    z, nuis, y, class_super = hierarchical_latents(rng, super_classes, classes_per_super, samples_per_class, latent_dim,
+                                                   hierarchy_strength, class_spread, sample_spread, nuisance_dim,
+                                                   nuisance_scale)
     z = np.concatenate([z, nuis], axis=1)
     # Fixed random non-linear map: a wide sin layer (frequency ``nonlinearity``; higher bends
     # the manifolds more) then a random linear projection to feature_dim. Its weights come

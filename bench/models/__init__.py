@@ -1,17 +1,21 @@
-"""Models: an embedding head over features (``backbone: none``), or backbone + pool + head.
+"""Models: an embedding head over features, or backbone + pool + head over images.
 
-* ``backbone: none`` on a features dataset: :class:`EmbeddingHead` over the features.
-* ``backbone: NAME`` on an image dataset: :class:`EmbeddingNet` = backbone (feature map,
+* over features (a features dataset, or cached frozen-backbone features):
+  :class:`EmbeddingHead`;
+* over images: :class:`EmbeddingNet` = backbone (feature map,
   :mod:`bench.models.backbones`) -> GAP+GMP pooling -> linear (or MLP) head -> L2 norm,
   the official Proxy-Anchor architecture with another trunk.
-* ``backbone: NAME`` with ``freeze_backbone: true``: the trainer first turns the images
-  into cached backbone features (:mod:`bench.models.cache`) and the model is the head
-  alone over them, exactly as on a features dataset.
+
+Models know nothing about data: :func:`create_model` takes the input width (or ``None``
+for images). A model owns its optimiser groups (``optimizer_groups(lr, backbone_lr_mult)``)
+and its per-epoch training mode (``begin_epoch(epoch)``: BatchNorm freezing, warm-up with
+the backbone frozen), nanoGPT's ``configure_optimizers`` idiom, so the trainer's loop is
+the same for every model.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,26 +24,59 @@ from bench.models.backbones import BACKBONES, create_backbone, list_backbones, r
 from bench.models.heads import EmbeddingHead, GlobalPool
 
 
-class EmbeddingNet(nn.Module):
-    """``backbone -> pool -> head``; ``features(x)`` is the pooled backbone output."""
+class FeatureExtractor(nn.Module):
+    """Backbone + pooling, no head: what a frozen backbone computes once per image."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, pool: str = "gap_gmp"):
+    def __init__(self, backbone: nn.Module, pool: str = "gap_gmp"):
         super().__init__()
         self.backbone = backbone
         self.pool = GlobalPool(pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.backbone(x))
+
+
+class EmbeddingNet(FeatureExtractor):
+    """``backbone -> pool -> head``, with the official recipe's training knobs.
+
+    ``freeze_bn``: every BatchNorm of the backbone in eval mode with frozen affine
+    parameters (official CUB/Cars recipe). ``warmup_epochs``: the first N epochs train the
+    head (and the loss's proxies) only; the backbone's parameters get no gradient, so
+    AdamW skips them, weight decay included.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, pool: str = "gap_gmp", freeze_bn: bool = False,
+                 warmup_epochs: int = 0):
+        super().__init__(backbone, pool)
         self.head = head
+        self.freeze_bn, self.warmup_epochs = freeze_bn, warmup_epochs
+        if freeze_bn:
+            freeze_batchnorm(self.backbone)  # before optimizer_groups: BN affine params are not trained
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.backbone(x))
+        return super().forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        return self.backbone.parameters()
+    def optimizer_groups(self, lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+        """Backbone at ``lr * backbone_lr_mult``, head at ``lr`` (official: both at lr)."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [{"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"},
+                *self.head.optimizer_groups(lr)]
 
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        return self.head.parameters()
+    def begin_epoch(self, epoch: int) -> None:
+        """Training mode for epoch ``epoch`` (1-based): BN frozen if asked, warm-up."""
+        self.train()
+        if self.freeze_bn:
+            freeze_batchnorm(self.backbone)  # running statistics stay fixed
+        if self.warmup_epochs:
+            trains = epoch > self.warmup_epochs
+            for m in self.backbone.modules():
+                if self.freeze_bn and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    continue
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(trains)
 
 
 def freeze_batchnorm(module: nn.Module) -> int:
@@ -68,38 +105,40 @@ def build_backbone(cfg: Any) -> nn.Module:
     )
 
 
-def create_model(cfg: Any, dataset: Any) -> nn.Module:
-    """Build the model ``cfg`` (a :class:`bench.config.ModelConfig`) names for ``dataset``."""
-    if cfg.backbone == "none":
-        if dataset.kind != "features":
-            raise ValueError(
-                f"model.backbone=none needs a features dataset; {dataset.name!r} holds images: "
-                f"set model.backbone (one of {', '.join(list_backbones())})"
-            )
-        return EmbeddingHead(dataset.input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim)
+def head_init(cfg: Any, backbone_trains: bool) -> str:
+    """``model.head_init``; ``auto`` = the official init over a backbone that trains, else PyTorch's."""
+    choice = getattr(cfg, "head_init", "auto")
+    if choice == "auto":
+        return "official" if backbone_trains else "pytorch"
+    return choice
+
+
+def create_model(cfg: Any, input_dim: int | None, freeze_bn: bool = False, warmup_epochs: int = 0) -> nn.Module:
+    """The model ``cfg`` (a :class:`bench.config.ModelConfig`) names.
+
+    ``input_dim``: the width of the features the model reads (a head alone), or ``None``
+    for images (``cfg.backbone`` + pool + head; ``freeze_bn`` / ``warmup_epochs`` apply).
+    """
+    if input_dim is not None:
+        return EmbeddingHead(input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, False))
     if cfg.backbone not in BACKBONES:
-        raise ValueError(f"unknown model.backbone {cfg.backbone!r}; allowed: none, {', '.join(list_backbones())}")
-    if dataset.kind == "features":
-        if dataset.info.get("frozen_backbone") == cfg.backbone:  # cached frozen-backbone features
-            return EmbeddingHead(dataset.input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim)
-        raise ValueError(
-            f"model.backbone={cfg.backbone} needs an image dataset; {dataset.name!r} holds features: "
-            "set model.backbone=none"
-        )
+        raise ValueError(f"unknown model.backbone {cfg.backbone!r}; allowed: {', '.join(list_backbones())}")
     backbone = build_backbone(cfg)
-    head = EmbeddingHead(backbone.out_features, cfg.embedding_dim, cfg.head, cfg.hidden_dim)
-    return EmbeddingNet(backbone, head, getattr(cfg, "pool", "gap_gmp"))
+    head = EmbeddingHead(backbone.out_features, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, True))
+    return EmbeddingNet(backbone, head, getattr(cfg, "pool", "gap_gmp"), freeze_bn=freeze_bn, warmup_epochs=warmup_epochs)
 
 
 __all__ = [
     "BACKBONES",
     "EmbeddingHead",
     "EmbeddingNet",
+    "FeatureExtractor",
     "GlobalPool",
     "build_backbone",
     "create_backbone",
     "create_model",
     "freeze_batchnorm",
+    "head_init",
     "list_backbones",
     "register_backbone",
 ]

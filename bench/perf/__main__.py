@@ -1,9 +1,16 @@
-"""``python -m bench.perf losses|train|cli [options]``."""
+"""``python -m bench.perf TARGET [options]``: the benchmark scripts, each printing its table
+with its floors and targets (``python -m bench.perf TARGET --help`` for one's options)."""
 
 import importlib
 import sys
 
-TARGETS = {"losses": "bench.perf.losses", "train": "bench.perf.train", "cli": "bench.perf.cli"}
+TARGETS = {
+    "losses": "bench.perf.losses",
+    "train": "bench.perf.train",
+    "parity": "bench.perf.parity",
+    "workers": "bench.perf.workers",
+    "cli": "bench.perf.cli",
+}
 
 if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
     print(f"usage: python -m bench.perf {{{'|'.join(TARGETS)}}} [options]", file=sys.stderr)

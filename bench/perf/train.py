@@ -8,16 +8,19 @@
   (a) ceiling: forward + backward of the model on one batch already on the device, in
       the suite's precision (bf16 autocast + channels_last on CUDA, fp32 on CPU); no data
       loading, no loss, no optimiser;
-  (b) the suite: ``bench.train.run_trial`` itself (loader with workers and the in-memory
-      decoded-image cache, augmentation, Proxy-Anchor with its proxies, AdamW with
-      per-group learning rates, gradient clipping, per-epoch metric logging); images/s of
-      its training epochs after the first (warm-up) one;
+  (b) the suite: ``bench.train.run_trial`` itself (uint8 batches from the decoded-image
+      store through loader workers, the batched augmentation on the device,
+      Proxy-Anchor with its proxies, AdamW with per-group learning rates, gradient
+      clipping, per-epoch metric logging); images/s of its last training epoch (the
+      first is warm-up; the store is built before the first, once per dataset);
   (c) official-style: fp32 NCHW, every image decoded with PIL and transformed (random
       resized crop + flip on the PIL image, as torchvision does) per item, every epoch,
       no cache; same workers, loss, optimiser and clipping.
 
-and prints images/s, step time and the ratios b/a (target >= 0.8 on a GPU) and b/c
-(target >= 3 on a GPU). Ready for ``--device cuda --arch resnet50 --size 224 --batch 180``.
+and the suite's input stage alone (store -> workers -> device -> augmentation, no model;
+it must outrun (a), or it is what limits (b)), and prints images/s, step time and the
+ratios b/a (target >= 0.8 on a GPU) and b/c (target >= 3 on a GPU). Ready for
+``--device cuda --arch resnet50 --size 224 --batch 180``.
 
 ``cpu-throughput`` prints images/s on this CPU for digits (small CNN, full trial step) and
 ResNet-18 at 224 px batch 32 (bare step and full trial step).
@@ -124,21 +127,26 @@ def bare_loop(arch: str, size: int, batch: int, device: torch.device, amp: torch
 # ---------------------------------------------------------------------------- (b) the suite
 
 
-def suite_loop(ds: RetrievalDataset, arch: str, size: int, batch: int, device: torch.device, epochs: int,
-               workers: int, amp: str, cache_images: bool, compile_: bool = False, extra: dict | None = None) -> dict[str, float]:
-    """``run_trial`` on ``ds``; images/s of the training epochs after the first."""
-    from bench.train import run_trial
-
+def suite_config(arch: str, size: int, batch: int, device: torch.device, epochs: int, workers: int, amp: str,
+                 store: str | None, compile_: bool = False, extra: dict | None = None):
+    """The trial (b) runs: the official recipe's step at the benchmark's sizes."""
     dotted = {
         "model.backbone": arch, "model.head": "linear", "model.embedding_dim": 512,
         "loss.name": "proxy_anchor", "train.epochs": epochs, "train.batch_size": batch,
         "train.lr": 1e-4, "train.grad_clip": 10.0, "train.grad_clip_mode": "value", "train.amp": amp,
-        "train.num_workers": workers, "train.cache_images": cache_images, "train.compile": compile_,
+        "train.num_workers": workers, "data.image_store": store, "train.compile": compile_,
         "train.device": device.type, "data.image_size": size, "data.val_fraction": 0.0,
         "eval.every": 10_000, "eval.ks": [1], "eval.select_on": "test",
     }
     dotted.update(extra or {})
-    cfg = resolve_trial({}, dotted=dotted)
+    return resolve_trial({}, dotted=dotted)
+
+
+def suite_loop(ds: RetrievalDataset, cfg) -> dict[str, float]:
+    """``run_trial`` on ``ds``; images/s of its last training epoch."""
+    from bench.train import run_trial
+
+    batch = cfg.train.batch_size
     rows: list[dict[str, float]] = []
     t = time.perf_counter()
     res = run_trial(cfg, dataset=ds, callbacks=[lambda e, m: rows.append(m)])
@@ -148,6 +156,27 @@ def suite_loop(ds: RetrievalDataset, arch: str, size: int, batch: int, device: t
     steps = len(ds.train) // batch
     return {"images_per_second": ips, "step_ms": batch / ips * 1e3, "trial_seconds": total,
             "steps_per_epoch": steps, "test_r1": res.metrics["test_recall_at_1"]}
+
+
+def loader_loop(ds: RetrievalDataset, cfg, epochs: int = 2) -> dict[str, float]:
+    """The suite's input stage alone: batches on the device, augmented, no model."""
+    from bench.inputs import create_inputs
+    from bench.precision import Precision
+
+    device = torch.device(cfg.train.device)
+    inputs = create_inputs(ds, cfg, device, Precision.decide(cfg.train, device, image_model=True))
+    try:
+        for epoch in range(1, epochs + 1):
+            _sync(device)
+            t, seen = time.perf_counter(), 0
+            for b in inputs.train_batches(epoch):
+                seen += len(b.y)
+            _sync(device)
+            sec = time.perf_counter() - t
+    finally:
+        inputs.close()
+    ips = seen / sec
+    return {"images_per_second": ips, "step_ms": cfg.train.batch_size / ips * 1e3}
 
 
 # ---------------------------------------------------------------------------- (c) official-style
@@ -203,7 +232,7 @@ def official_loop(ds: RetrievalDataset, arch: str, size: int, batch: int, device
 
     torch.manual_seed(0)
     bb = create_backbone(arch)
-    model = EmbeddingNet(bb, EmbeddingHead(bb.out_features, 512, "linear")).to(device)
+    model = EmbeddingNet(bb, EmbeddingHead(bb.out_features, 512, "linear", init="official")).to(device)
     n_classes = int(ds.train.y.max()) + 1
     loss_fn = build_loss({"name": "proxy_anchor"}, n_classes, 512).to(device)
     opt = torch.optim.AdamW(
@@ -263,17 +292,24 @@ def mode_loops(a: argparse.Namespace) -> None:
           f"{a.arch} at {a.size}px, batch {a.batch}, {n_images} JPEGs {wh[0]}x{wh[1]} in {root} "
           f"({time.perf_counter() - t:.1f}s to write/check), workers {workers}, "
           f"precision (a,b) {'bf16 autocast + channels_last' if amp else 'fp32'}, (c) fp32")
+    store = str(root / "store")
+    cfg = suite_config(a.arch, a.size, a.batch, device, a.epochs, workers, "bf16" if amp else "none", store,
+                       compile_=a.compile)
     ra = bare_loop(a.arch, a.size, a.batch, device, amp, a.steps, a.warmup)
     print(f"(a) done: {ra['images_per_second']:.1f} img/s", flush=True)
-    rb = suite_loop(ds, a.arch, a.size, a.batch, device, a.epochs, workers, "bf16" if amp else "none",
-                    cache_images=True, compile_=a.compile)
-    print(f"(b) done: {rb['images_per_second']:.1f} img/s (trial {rb['trial_seconds']:.1f}s incl. decode-once cache, "
+    rb = suite_loop(ds, cfg)
+    print(f"(b) done: {rb['images_per_second']:.1f} img/s (trial {rb['trial_seconds']:.1f}s incl. opening the store, "
           f"first epoch and eval)", flush=True)
+    rl = loader_loop(ds, cfg)
+    print(f"loader alone: {rl['images_per_second']:.1f} img/s", flush=True)
     rc = official_loop(ds, a.arch, a.size, a.batch, device, a.epochs, workers)
     print(_table([("(a) bare fwd+bwd, on-device batch", ra), ("(b) suite trial step (run_trial)", rb),
-                  ("(c) official-style fp32, PIL decode every epoch", rc)]))
+                  ("(c) official-style fp32, PIL decode every epoch", rc),
+                  ("suite input stage alone (store -> device -> augmentation), no model", rl)]))
     ba, bc = rb["images_per_second"] / ra["images_per_second"], rb["images_per_second"] / rc["images_per_second"]
-    print(f"\nb/a = {ba:.2f} (GPU target >= 0.8)    b/c = {bc:.2f} (GPU target >= 3)")
+    la = rl["images_per_second"] / ra["images_per_second"]
+    print(f"\nb/a = {ba:.2f} (GPU target >= 0.8)    b/c = {bc:.2f} (GPU target >= 3)    "
+          f"loader/a = {la:.2f} (target > 1)")
 
 
 def mode_cpu_throughput(a: argparse.Namespace) -> None:
@@ -286,8 +322,8 @@ def mode_cpu_throughput(a: argparse.Namespace) -> None:
     rows = []
     r = bare_loop("small_cnn", 8, 64, device, None, a.steps, a.warmup)
     rows.append(("digits small_cnn 8px batch 64: bare fwd+bwd", r))
-    r = suite_loop(digits, "small_cnn", 8, 64, device, 2, 0, "none", False,
-                   extra={"data.crop_scale": [0.6, 1.0], "data.hflip": False, "model.embedding_dim": 64})
+    r = suite_loop(digits, suite_config("small_cnn", 8, 64, device, 2, 0, "none", None, extra={
+        "data.crop_scale": [0.6, 1.0], "data.hflip": False, "model.embedding_dim": 64}))
     rows.append(("digits small_cnn 8px batch 64: full trial step", r))
     print(_table(rows), flush=True)
     r = bare_loop("resnet18", 224, 32, device, None, max(4, a.steps // 2), 2)
@@ -295,14 +331,14 @@ def mode_cpu_throughput(a: argparse.Namespace) -> None:
     print(_table(rows[-1:]), flush=True)
     root = Path(a.data or Path(tempfile.gettempdir()) / "bench-perf-jpegs-224")
     ds = jpeg_dataset(root, 64, 8, default_wh(224))
-    r = suite_loop(ds, "resnet18", 224, 32, device, 2, 0, "none", True)
-    rows.append(("resnet18 224px batch 32: full trial step (cached JPEGs)", r))
+    r = suite_loop(ds, suite_config("resnet18", 224, 32, device, 2, 0, "none", str(root / "store")))
+    rows.append(("resnet18 224px batch 32: full trial step (JPEGs via the decoded-image store)", r))
     print(_table(rows))
 
 
 def mode_cache(a: argparse.Namespace) -> None:
     """A 10-trial grid (loss.alpha x seed) on a frozen backbone, with and without the cache."""
-    from bench.models import cache as fc
+    from bench.inputs import frozen as fc
     from bench.train import run_trial
 
     device = _device(a.device)

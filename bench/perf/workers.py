@@ -1,6 +1,6 @@
 """Grid wall time with 1, 2 and 4 local workers on one journal storage.
 
-    python -m bench.perf.workers [--cells 16] [--workers 1 2 4] [--threads N]
+    python -m bench.perf workers [--cells 16] [--workers 1 2 4] [--threads N]
 
 Each row starts N ``bench grid`` processes on a fresh store and times until all exit.
 Target: more workers never make the grid slower than one worker (the thread budget,
@@ -46,12 +46,12 @@ def one(workers: int, cells: int, threads: int | None) -> float:
         return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.perf workers", description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--threads", type=int, default=None, help="force threads per worker (default: the budget)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     print(f"load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}")
     base = None
     print(f"{'workers':>8} {'seconds':>8} {'vs 1 worker':>12}  target <= 1.00")
@@ -60,7 +60,8 @@ def main() -> None:
         base = base or s
         print(f"{w:>8} {s:>8.1f} {s / base:>12.2f}  {'ok' if s <= base * 1.05 else 'SLOWER'}")
     print(f"load average after: {os.getloadavg()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

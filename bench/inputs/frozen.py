@@ -2,9 +2,10 @@
 
 With ``model.freeze_backbone: true`` nothing before the head ever changes, so the pooled
 backbone output of every image is computed once, with the eval transform (resize + centre
-crop, no augmentation: a fixed feature per image), in fp32, and the trial then trains the
-head on those features exactly as on a features dataset (a loss's ``begin_training``
-hook sees them as ``TrainingData.inputs``).
+crop on the device, no augmentation: a fixed feature per image, through the same image
+input stage as training, :class:`bench.inputs.images.ImageInputs`), in fp32, and the
+trial then trains the head on those features exactly as on a features dataset (a loss's
+``begin_training`` hook sees them as ``TrainingData.inputs``).
 
 Features are cached per split under a key made of everything they depend on and nothing
 else: the backbone and its implementation, the weights file's SHA-256 (or "random init,
@@ -24,52 +25,22 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from bench.data.base import RetrievalDataset, Split
-from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, dataset_for_split, eval_resize_for, make_loader
-from bench.models.backbones import BACKBONES, file_sha256, resolve_weights, torchvision_available
-from bench.models.heads import GlobalPool
+from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_for
+from bench.inputs.images import ImageInputs, decode_short_side, image_size
+from bench.inputs.store import hash_files
+from bench.models import FeatureExtractor
+from bench.models.backbones import BACKBONES, create_backbone, file_sha256, resolve_weights, torchvision_available
+from bench.precision import Precision
 
-VERSION = 1
+VERSION = 2  # 2: eval crops on the device (one batched resample) instead of per image
 CACHE_STATS = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "images_encoded": 0}
 _MEMO: dict[str, torch.Tensor] = {}
-
-
-# ---------------------------------------------------------------------------- image settings
-# Shared with the trainer's image path, so cached and streamed images are the same pixels.
-
-
-def image_size(ds: RetrievalDataset, data_cfg: Any) -> int:
-    """``data.image_size``, or 224 for image files / the native size of in-memory images."""
-    if getattr(data_cfg, "image_size", None):
-        return int(data_cfg.image_size)
-    x = ds.train.x
-    if isinstance(x, np.ndarray) and x.ndim >= 3:
-        channels_last = x.ndim == 4 and x.dtype == np.uint8 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4)
-        return int(x.shape[-2] if channels_last else x.shape[-1])
-    return 224
-
-
-def decode_short_side(size: int, data_cfg: Any) -> int | None:
-    """``data.decode_short_side``: null -> the eval resize for ``size``; 0 -> full resolution."""
-    v = getattr(data_cfg, "decode_short_side", None)
-    if v is None:
-        return eval_resize_for(size)
-    return None if v == 0 else int(v)
-
-
-def resolve_workers(choice: int | None, ds: RetrievalDataset) -> int:
-    """``train.num_workers``: null -> 0 for in-memory images, else min(8, cores - 1)."""
-    if choice is not None:
-        return int(choice)
-    if isinstance(ds.train.x, np.ndarray):
-        return 0
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 # ---------------------------------------------------------------------------- keys
@@ -83,12 +54,7 @@ def split_content_hash(split: Split) -> str:
         h.update(str((x.shape, x.dtype.str)).encode())
         h.update(np.ascontiguousarray(x).tobytes())
     else:
-        for p in x:
-            try:
-                st = os.stat(p)
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}\0missing\n".encode())
+        hash_files(h, x)
     return h.hexdigest()
 
 
@@ -126,57 +92,18 @@ def _digest(d: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- extraction
 
 
-class FeatureExtractor(nn.Module):
-    """Backbone + pooling (no head): the part of the network a frozen backbone fixes."""
-
-    def __init__(self, backbone: nn.Module, pool: str):
-        super().__init__()
-        self.backbone = backbone
-        self.pool = GlobalPool(pool)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.backbone(x))
-
-
 def build_extractor(model_cfg: Any, weights_path: str | None, impl: str) -> FeatureExtractor:
     """The frozen network; a random init (no weights) is always seed 0, so it is cacheable."""
-    from bench.models.backbones import create_backbone
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         backbone = create_backbone(model_cfg.backbone, impl=impl, weights=weights_path)
     return FeatureExtractor(backbone, getattr(model_cfg, "pool", "gap_gmp")).eval()
 
 
-@torch.no_grad()
-def encode_split(
-    extractor: nn.Module, split: Split, size: int, short_side: int | None, device: torch.device,
-    num_workers: int = 0, batch_size: int = 128,
-) -> torch.Tensor:
-    """Pooled backbone features ``(N, F)`` float32 on the CPU, eval transform, in row order."""
-    data = dataset_for_split(split, train=False, size=size, decode_short_side=short_side)
-    loader = make_loader(data, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
-    out: torch.Tensor | None = None
-    cl = device.type == "cuda"
-    for xb, _, idx in loader:
-        xb = xb.to(device, non_blocking=True)
-        if cl:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        f = extractor(xb).float().cpu()
-        if out is None:
-            out = torch.zeros(len(split), f.shape[1])
-        out[idx] = f
-        CACHE_STATS["images_encoded"] += len(idx)
-    if out is None:
-        raise ValueError("no image of the split could be encoded")
-    return out
-
-
 def cached_split_features(
-    split: Split, key: dict[str, Any], model_cfg: Any, device: torch.device, cache_dir: str | None,
-    num_workers: int, state: dict[str, Any],
+    split: Split, key: dict[str, Any], encode: Callable[[Split], torch.Tensor], cache_dir: str | None,
 ) -> tuple[torch.Tensor, str]:
-    """Features of one split: memo, else file, else computed (and stored in both)."""
+    """Features of one split: memo, else file, else ``encode(split)`` (and stored in both)."""
     digest = _digest({**key, "content": split_content_hash(split)})
     if digest in _MEMO:
         CACHE_STATS["memory_hits"] += 1
@@ -193,12 +120,8 @@ def cached_split_features(
         except Exception:  # a damaged cache file is recomputed, never fatal
             pass
     CACHE_STATS["misses"] += 1
-    if "extractor" not in state:
-        state["extractor"] = build_extractor(model_cfg, key["weights_path"], key["impl"]).to(device)
-        if device.type == "cuda":
-            state["extractor"] = state["extractor"].to(memory_format=torch.channels_last)
-    feats = encode_split(state["extractor"], split, key["size"], key["decode_short_side"], device, num_workers,
-                         batch_size=256 if device.type == "cuda" else 64)
+    feats = encode(split)
+    CACHE_STATS["images_encoded"] += len(split)
     _MEMO[digest] = feats
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,19 +141,29 @@ def frozen_features(ds: RetrievalDataset, cfg: Any, device: torch.device) -> tup
     """
     t0 = time.perf_counter()
     key = backbone_key(cfg.model, cfg.data, ds)
-    workers = resolve_workers(getattr(cfg.train, "num_workers", None), ds)
-    state: dict[str, Any] = {}
     sources: list[str] = []
+    built: dict[str, Any] = {}
+
+    @torch.no_grad()
+    def encode(split: Split) -> torch.Tensor:
+        """On a miss only: the image stage (opening the decoded-image store) and the extractor, fp32."""
+        if not built:
+            images = ImageInputs(ds, cfg, device, Precision(device, None, channels_last=device.type == "cuda"))
+            extractor = build_extractor(cfg.model, key["weights_path"], key["impl"]).to(device)
+            built.update(images=images, extractor=images.precision.prepare(extractor))
+        return built["images"].embed(built["extractor"], split).cpu()
 
     def view(split: Split | None) -> Split | None:
         if split is None:
             return None
-        feats, src = cached_split_features(split, key, cfg.model, device, cfg.model.feature_cache, workers, state)
+        feats, src = cached_split_features(split, key, encode, cfg.model.feature_cache)
         sources.append(src)
         return Split(x=feats.numpy(), y=split.y, y_clean=split.y_clean, parents=split.parents, gallery=view(split.gallery))
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         train, val, test = view(ds.train), view(ds.val), view(ds.test)
+    if built:
+        built["images"].close()
     out = RetrievalDataset(
         name=ds.name, train=train, val=val, test=test, kind="features", recall_ks=ds.recall_ks,
         info={**ds.info, "frozen_backbone": cfg.model.backbone, "feature_key": _digest(key)},
