@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import warnings
 from typing import Iterator
 
@@ -96,8 +97,10 @@ def _round(e: Embeddings, dtype: torch.dtype) -> tuple[Tensor, Tensor, float, fl
 
 
 @contextlib.contextmanager
-def _exact_float_matmul() -> Iterator[None]:
-    """True float32 products (no TF32 / bf16 "fast" modes) and float32 accumulation of halves."""
+def exact_float_matmul() -> Iterator[None]:
+    """True float32 products (no TF32 / bf16 "fast" modes) and float32 accumulation of halves,
+    for the duration of a search (process-wide settings: set once, not per block, so that
+    worker threads never see another's restore)."""
     precision = torch.get_float32_matmul_precision()
     cuda = torch.backends.cuda.matmul
     flags = (cuda.allow_fp16_reduced_precision_reduction, cuda.allow_bf16_reduced_precision_reduction)
@@ -126,13 +129,15 @@ class FloatScorer(Scorer):
         self.eps = gamma(query.x.shape[1]) * v_max**2 + output + SLACK
 
     def scores(self, rows: slice | Tensor, cols: slice) -> Tensor:
+        """Inside :func:`exact_float_matmul` only (its bound assumes true float32 accumulation)."""
+        if torch.get_float32_matmul_precision() != "highest":
+            raise RuntimeError("float scores need torch's 'highest' float32 matmul precision (exact_float_matmul)")
         a, b = self.q[rows], self.r[cols]
-        with _exact_float_matmul():
-            if self.kind == "fp32":
-                return torch.mm(a, b.T)
-            if self.out32:
-                return torch.mm(a, b.T, out_dtype=torch.float32)
-            return torch.mm(a, b.T).float()
+        if self.kind == "fp32":
+            return torch.mm(a, b.T)
+        if self.out32:
+            return torch.mm(a, b.T, out_dtype=torch.float32)
+        return torch.mm(a, b.T).float()
 
 
 # ---------------------------------------------------------------------------- int8 (fbgemm)
@@ -209,19 +214,25 @@ class Int8Scorer(Scorer):
         self.row_err, self.col_err = a * w_max, b * max(u_q, u_r)
         self.eps = 2 * EPS32 * p_max * w_max + SLACK
         self.ref_block = ref_block
-        self._packed: dict[int, object] = {}
-        self._act: tuple[object, Tensor] | None = None
+        self._packed = {start: _pack(self.r[start : start + ref_block], self.g[start : start + ref_block])
+                        for start in range(0, len(self.r), ref_block)}
+        self._act: dict[tuple[int, int], Tensor] = {}  # a few recent query blocks (thread-safe enough: see scores)
+        self._lock = threading.Lock()
 
     def scores(self, rows: slice | Tensor, cols: slice) -> Tensor:
-        key = (rows.start, rows.stop) if isinstance(rows, slice) else None
-        if key is None or self._act is None or self._act[0] != key:
-            self._act = (key, _guarded_activation(self.q[rows]))
         start = cols.start or 0
         if cols.stop - start != min(self.ref_block, len(self.r) - start) or start % self.ref_block:
             raise ValueError("int8 scores are computed per packed reference block")
-        if start not in self._packed:
-            self._packed[start] = _pack(self.r[cols], self.g[cols])
-        return _int8_scores(self._act[1], self._packed[start])
+        if not isinstance(rows, slice):
+            return _int8_scores(_guarded_activation(self.q[rows]), self._packed[start])
+        key = (rows.start, rows.stop)
+        with self._lock:  # workers share query blocks: keep the last few activations
+            act = self._act.get(key)
+            if act is None:
+                act = self._act[key] = _guarded_activation(self.q[rows])
+                while len(self._act) > 4:
+                    self._act.pop(next(iter(self._act)))
+        return _int8_scores(act, self._packed[start])
 
 
 # ---------------------------------------------------------------------------- which kernels this machine has
@@ -247,7 +258,8 @@ def _probe_embeddings(n: int, dim: int, seed: int) -> Embeddings:
 
 
 def _bound_holds(scorer: Scorer, query: Embeddings, ref: Embeddings, cols: slice) -> bool:
-    t = scorer.scores(slice(0, len(query)), cols).double() * scorer.scale.unsqueeze(1)
+    with exact_float_matmul():
+        t = scorer.scores(slice(0, len(query)), cols).double() * scorer.scale.unsqueeze(1)
     s = query.unit(slice(None)) @ ref.unit(cols).T
     bound = scorer.row_err.unsqueeze(1) + scorer.col_err[cols].unsqueeze(0) + scorer.eps
     return bool(((t - s).abs() <= bound).all())

@@ -16,6 +16,7 @@ a proven error bound and evaluate the rest here, with :func:`pair_similarity`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,12 @@ class Embeddings:
     @property
     def device(self) -> torch.device:
         return self.x.device
+
+    @functools.cached_property
+    def x64(self) -> Tensor:
+        """float64 copy, made on first use: exact pairs gather it (half the traffic of
+        gathering float32 rows and converting them)."""
+        return self.x.double()
 
     def unit(self, rows: Tensor | slice) -> Tensor:
         """``x_i / n_i`` of ``rows`` in float64 (unit vectors, for the scorers' bounds)."""
@@ -79,6 +86,6 @@ def pair_similarity(query: Embeddings, ref: Embeddings, rows: Tensor, cols: Tens
     out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
     for start in range(0, len(rows), PAIR_CHUNK):
         r, c = rows[start : start + PAIR_CHUNK], cols[start : start + PAIR_CHUNK]
-        dot = torch.linalg.vecdot(query.x[r].double(), ref.x[c].double())
+        dot = torch.linalg.vecdot(query.x64[r], ref.x64[c])
         out[start : start + len(r)] = dot / (query.norms[r] * ref.norms[c])
     return out

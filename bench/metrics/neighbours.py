@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.metrics.coarse import make_scorer
+from bench.metrics.coarse import exact_float_matmul, make_scorer
 from bench.metrics.exact import as_embeddings, pair_similarity
 
 QUERY_CHUNK = 4096
@@ -35,7 +35,8 @@ def knn(query, ref, k: int, exclude_self: bool = False, chunk: int = QUERY_CHUNK
     out_s = torch.empty(len(q), k, dtype=torch.float32)
     for q0 in range(0, len(q), step):
         rows = torch.arange(q0, min(q0 + step, len(q)), device=r.device)
-        t = sc.scores(slice(q0, q0 + len(rows)), slice(0, len(r))).double() * sc.scale[rows].unsqueeze(1)
+        with exact_float_matmul():
+            t = sc.scores(slice(q0, q0 + len(rows)), slice(0, len(r))).double() * sc.scale[rows].unsqueeze(1)
         err = sc.row_err[rows].unsqueeze(1) + sc.col_err + sc.eps
         lb, ub = t - err, t.add_(err)
         if exclude_self:

@@ -34,17 +34,20 @@ Two pass strategies, same state and result:
 from __future__ import annotations
 
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from bench.metrics.coarse import Scorer, choose_kind, make_scorer
+from bench.metrics.coarse import Scorer, choose_kind, exact_float_matmul, make_scorer
 from bench.metrics.exact import Embeddings, pair_similarity
 
 BEYOND = torch.iinfo(torch.int64).max // 4  #: a rank past the depth the metrics asked for
-GROUP = 64  #: columns (rows) per prefilter group of the tiled pass
+GROUP = 64  #: columns per prefilter group of the tiled pass (a contiguous run in a row)
+ROW_GROUP = 16  #: rows per prefilter group of its column direction (strided: smaller is cheaper to gather)
 BLOCK = 2048  #: rows per block of the tiled pass
 DENSE_CELLS = 1 << 27  #: query x reference cells per chunk of the dense pass
 DENSE_CAP = 64  #: straddling pairs kept per query and chunk by the dense pass (more: redone)
@@ -74,8 +77,13 @@ class Positives:
     counts: Tensor  # (n_q,) int64
 
 
-def positives(query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: Tensor, self_search: bool) -> Positives:
-    order = torch.sort(r_labels, stable=True).indices  # references grouped by label, by index within
+def positives(
+    query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: Tensor, self_search: bool, ref_ids: Tensor | None = None
+) -> Positives:
+    """``ref_ids``: the index each reference row stands for, where the rows were reordered
+    (ties among positives go to the smaller one; ``index`` holds them)."""
+    by_id = torch.arange(len(r_labels), device=r_labels.device) if ref_ids is None else torch.argsort(ref_ids)
+    order = by_id[torch.sort(r_labels[by_id], stable=True).indices]  # grouped by label, by index within
     sorted_labels = r_labels[order]
     lo = torch.searchsorted(sorted_labels, q_labels)
     members = torch.searchsorted(sorted_labels, q_labels, right=True) - lo
@@ -98,7 +106,7 @@ def positives(query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: Te
     sims = torch.full((n_q, r_max), -torch.inf, dtype=torch.float64, device=rows.device)
     index = torch.full((n_q, r_max), -1, dtype=torch.int64, device=rows.device)
     sims[rows, position] = pair_similarity(query, ref, rows, cols)
-    index[rows, position] = cols
+    index[rows, position] = cols if ref_ids is None else ref_ids[cols]
     sims, perm = sims.sort(dim=1, descending=True, stable=True)
     return Positives(sims, index.gather(1, perm), counts)
 
@@ -187,9 +195,9 @@ class RankState:
 # ---------------------------------------------------------------------------- tiled pass (CPU)
 
 
-def _pad_groups(t: Tensor, dim: int) -> Tensor:
-    """Pad ``dim`` to a multiple of :data:`GROUP` with -inf (never kept)."""
-    extra = -t.shape[dim] % GROUP
+def _pad_groups(t: Tensor, dim: int, group: int = GROUP) -> Tensor:
+    """Pad ``dim`` to a multiple of ``group`` with -inf (never kept)."""
+    extra = -t.shape[dim] % group
     if not extra:
         return t
     shape = list(t.shape)
@@ -206,8 +214,9 @@ def _round_f32(x: Tensor, up: bool) -> Tensor:
 
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
-    """Intra-op threads for a stretch of small operations: a thread pool entered thousands of
-    times for tiny tensors costs more than it saves, and on a busy machine far more."""
+    """Intra-op threads for a stretch of work: a thread pool entered thousands of times for
+    small passes costs more than it saves, and on a busy machine (threads descheduled while
+    others wait at the barrier) many times more."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -222,42 +231,53 @@ class TiledPass:
     Per block and side, three filters of decreasing width: group maxima against a float32
     threshold per query (rounded down, with the block's largest errors), then the cells of
     the groups that pass, then the exact float64 bound of the cells left (few per query).
-    The GEMM and the block-wide reductions use all threads, the bookkeeping one.
+
+    ``workers`` blocks are processed at once, each on one thread from GEMM to candidates
+    (torch releases the GIL): the two cores stay busy through the memory-bound passes and
+    the bookkeeping too, with no thread-pool barrier per operation. The shared counts are
+    updated under a lock; a worker may read a cut that is slightly stale, i.e. lower, which
+    only keeps more pairs (the result does not depend on the order, see :class:`RankState`).
     """
 
-    def __init__(self, state: RankState, scorer: Scorer, q_labels: Tensor, r_labels: Tensor, self_search: bool, block: int):
+    def __init__(
+        self, state: RankState, scorer: Scorer, q_labels: Tensor, r_labels: Tensor, self_search: bool, block: int,
+        workers: int = 1,
+    ):
         self.state, self.sc = state, scorer
         self.q_labels, self.r_labels = q_labels, r_labels
         self.self_search, self.block = self_search, block
         self.n_q, self.n_r = len(q_labels), len(r_labels)
-        self.offsets = torch.arange(GROUP)
-        if self_search:  # per row group: extremes of the row factors, for the column direction
-            self.scale_hi, self.scale_lo = _group_max(scorer.scale), -_group_max(-scorer.scale)
-            self.err_hi = _group_max(scorer.row_err)
+        self.offsets, self.row_offsets = torch.arange(GROUP), torch.arange(ROW_GROUP)
+        self.workers = workers
+        self.lock = threading.Lock()
 
     def run(self) -> None:
-        b, st = self.block, self.state
-        # the GEMM and the block reductions get all threads when a block is worth it
-        threads = torch.get_num_threads() if b * b * self.sc.dim >= 1 << 26 else 1
-        for q0 in range(0, self.n_q, b):
-            q1 = min(q0 + b, self.n_q)
-            for r0 in range(q0 if self.self_search else 0, self.n_r, b):
-                r1 = min(r0 + b, self.n_r)
-                rows_live = bool(torch.isfinite(st.cut[q0:q1]).any())
-                cols_live = self.self_search and r0 != q0 and bool(torch.isfinite(st.cut[r0:r1]).any())
-                if not (rows_live or cols_live):
-                    continue
-                with _threads(threads):
-                    t = self.sc.scores(slice(q0, q1), slice(r0, r1))
-                    row_max = _pad_groups(t, 1).view(q1 - q0, -1, GROUP).amax(2) if rows_live else None
-                    col_max = _pad_groups(t, 0).view(-1, GROUP, r1 - r0).amax(1) if cols_live else None
-                with _threads(1):
-                    if rows_live:
-                        self._rows(t, row_max, q0, r0)
-                        st.refresh(slice(q0, q1))
-                    if cols_live:
-                        self._cols(t, col_max, q0, r0)
-                        st.refresh(slice(r0, r1))
+        b = self.block
+        tiles = [(q0, r0) for q0 in range(0, self.n_q, b) for r0 in range(q0 if self.self_search else 0, self.n_r, b)]
+        if self.workers <= 1 or len(tiles) < 4:
+            for tile in tiles:
+                self._tile(*tile)
+            return
+        with ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for done in [pool.submit(self._tile, *tile) for tile in tiles]:
+                done.result()  # re-raises a worker's error
+
+    def _tile(self, q0: int, r0: int) -> None:
+        st, b = self.state, self.block
+        q1, r1 = min(q0 + b, self.n_q), min(r0 + b, self.n_r)
+        rows_live = bool(torch.isfinite(st.cut[q0:q1]).any())
+        cols_live = self.self_search and r0 != q0 and bool(torch.isfinite(st.cut[r0:r1]).any())
+        if not (rows_live or cols_live):
+            return
+        t = self.sc.scores(slice(q0, q1), slice(r0, r1))
+        if rows_live:
+            self._rows(t, _pad_groups(t, 1).view(q1 - q0, -1, GROUP).amax(2), q0, r0)
+            with self.lock:
+                st.refresh(slice(q0, q1))
+        if cols_live:
+            self._cols(t, _pad_groups(t, 0, ROW_GROUP).view(-1, ROW_GROUP, r1 - r0).amax(1), q0, r0)
+            with self.lock:
+                st.refresh(slice(r0, r1))
 
     def _finish(self, rows: Tensor, cols: Tensor, t: Tensor, refs_are_rows: bool) -> None:
         """Exact bounds of the cells left; keep negatives whose upper bound reaches the cut."""
@@ -268,7 +288,8 @@ class TiledPass:
         ub = tt + err
         keep = (ub >= st.cut[rows]) & (self.r_labels[cols] != self.q_labels[rows])  # positives, self
         if bool(keep.any()):
-            st.consume(rows[keep], cols[keep], (tt - err)[keep], ub[keep])
+            with self.lock:
+                st.consume(rows[keep], cols[keep], (tt - err)[keep], ub[keep])
 
     def _rows(self, t: Tensor, row_max: Tensor, q0: int, r0: int) -> None:
         """Rows ``q0..`` (queries) against columns ``r0..`` (references)."""
@@ -292,30 +313,22 @@ class TiledPass:
     def _cols(self, t: Tensor, col_max: Tensor, q0: int, r0: int) -> None:
         """Self-search: columns ``r0..`` as queries against rows ``q0..`` as references.
 
-        The row factors (scale, error) vary per row, so a column's threshold is set per row
-        group from the group's extremes; groups of nearly equal scale keep it tight (the int8
-        search sorts its rows by scale for that)."""
+        The row factors (scale, error) vary per row, so a column's float32 threshold takes the
+        block's extremes: tight when the block's scales are nearly equal (fp32 and half
+        scorers: all 1; the int8 search sorts its rows by scale for that)."""
         sc, st = self.sc, self.state
         bq, br = t.shape
-        g = slice(q0 // GROUP, q0 // GROUP + col_max.shape[0])
-        s_hi, s_lo, a_hi = self.scale_hi[g].unsqueeze(1), self.scale_lo[g].unsqueeze(1), self.err_hi[g].unsqueeze(1)
-        need = st.cut[r0 : r0 + br] - sc.col_err[r0 : r0 + br] - sc.eps  # scale_i t_ij + row_err_i must reach it
-        top = col_max.double()
-        gg, jj = (torch.where(top >= 0, top * s_hi, top * s_lo) + a_hi >= need).nonzero().unbind(1)
+        rows = slice(q0, q0 + bq)
+        s_hi, s_lo = float(sc.scale[rows].max()), float(sc.scale[rows].min())
+        rest = st.cut[r0 : r0 + br] - sc.col_err[r0 : r0 + br] - sc.eps - float(sc.row_err[rows].max())
+        tau = _round_f32(torch.where(rest >= 0, rest / s_hi, rest / s_lo), up=False)  # some t_ij >= tau_j
+        gg, jj = (col_max >= tau).nonzero().unbind(1)
         if not len(gg):
             return
-        rest = need[jj] - a_hi[gg, 0]
-        tau = _round_f32(torch.where(rest >= 0, rest / s_hi[gg, 0], rest / s_lo[gg, 0]), up=False)
-        refs = gg.unsqueeze(1) * GROUP + self.offsets  # tile rows of each candidate group
+        refs = gg.unsqueeze(1) * ROW_GROUP + self.row_offsets  # tile rows of each candidate group
         vals = t[refs.clamp(max=bq - 1), jj.unsqueeze(1)]
-        i, k = ((refs < bq) & (vals >= tau.unsqueeze(1))).nonzero().unbind(1)
+        i, k = ((refs < bq) & (vals >= tau[jj].unsqueeze(1))).nonzero().unbind(1)
         self._finish(r0 + jj[i], q0 + refs[i, k], vals[i, k], refs_are_rows=True)
-
-
-def _group_max(values: Tensor) -> Tensor:
-    """Max of each run of :data:`GROUP` consecutive values (the last run may be short)."""
-    pad = torch.nn.functional.pad(values, (0, -len(values) % GROUP), value=-torch.inf)
-    return pad.view(-1, GROUP).amax(1)
 
 
 # ---------------------------------------------------------------------------- dense pass (CUDA)
@@ -406,31 +419,32 @@ def positive_ranks(
     strategy: str = "auto",
     block: int = BLOCK,
 ) -> PositiveRanks:
-    """Exact ranks of every query's positives, to depth ``max(max_k, R)`` (see the module)."""
-    with _threads(1):
-        pos = positives(query, ref, q_labels, r_labels, self_search)
-    if not with_map:  # only the best positive matters
-        pos = Positives(pos.sims[:, :1], pos.index[:, :1], pos.counts)
-    depth = depths(pos.counts, pos.sims.shape[1], max_k, with_map)
-    kind = choose_kind(query.device, query.x.shape[1], scorer)
+    """Exact ranks of every query's positives, to depth ``max(max_k, R)`` (see the module).
+
+    On the CPU the work runs with one intra-op thread (see :func:`_threads`); the tiled pass
+    spreads its blocks over torch's thread count of workers instead."""
     if strategy == "auto":
         strategy = "dense" if query.device.type == "cuda" else "tiled"
     if strategy not in ("tiled", "dense"):
         raise ValueError(f"strategy must be auto, tiled or dense, got {strategy!r}")
-    order = _by_scale(query) if strategy == "tiled" and self_search and kind == "int8" else None
-    if order is not None:  # rows of similar int8 scale together: tight column prefilter
-        query = ref = Embeddings(query.x[order], query.norms[order])
-        q_labels = r_labels = q_labels[order]
-        pos, depth = Positives(pos.sims[order], pos.index[order], pos.counts[order]), depth[order]
-    state = RankState(pos, depth)
-    if bool(torch.isfinite(state.cut).any()):
-        if strategy == "tiled":
-            block = max(GROUP, block // GROUP * GROUP)
-            sc = make_scorer(query, ref, kind, ref_block=block)
-            TiledPass(state, sc, q_labels, r_labels, self_search, block).run()
-        else:
-            DensePass(state, make_scorer(query, ref, kind, ref_block=len(ref)), q_labels, r_labels).run()
-    with _threads(1):
+    kind = choose_kind(query.device, query.x.shape[1], scorer)
+    threads = torch.get_num_threads()
+    with _threads(1), exact_float_matmul():
+        order = _by_scale(query) if strategy == "tiled" and self_search and kind == "int8" else None
+        if order is not None:  # rows of similar int8 scale together: tight column prefilter
+            query = ref = Embeddings(query.x[order], query.norms[order])
+            q_labels = r_labels = q_labels[order]
+        pos = positives(query, ref, q_labels, r_labels, self_search, ref_ids=order)
+        if not with_map:  # only the best positive matters
+            pos = Positives(pos.sims[:, :1], pos.index[:, :1], pos.counts)
+        state = RankState(pos, depths(pos.counts, pos.sims.shape[1], max_k, with_map))
+        if bool(torch.isfinite(state.cut).any()):
+            if strategy == "tiled":
+                block = max(GROUP, block // GROUP * GROUP)
+                sc = make_scorer(query, ref, kind, ref_block=block)
+                TiledPass(state, sc, q_labels, r_labels, self_search, block, workers=threads).run()
+            else:
+                DensePass(state, make_scorer(query, ref, kind, ref_block=len(ref)), q_labels, r_labels).run()
         result = state.resolve(query, ref, ref_ids=order)
     if order is None:
         return result
