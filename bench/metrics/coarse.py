@@ -113,6 +113,14 @@ def exact_float_matmul() -> Iterator[None]:
         cuda.allow_fp16_reduced_precision_reduction, cuda.allow_bf16_reduced_precision_reduction = flags
 
 
+def _mm_out32(a: Tensor) -> bool:
+    """Whether this torch/device multiplies half operands straight into float32 (``out_dtype``)."""
+    try:
+        return torch.mm(a, a.T, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
 class FloatScorer(Scorer):
     """fp32, fp16 or bf16 operands; float32 accumulation (module docstring)."""
 
@@ -124,7 +132,7 @@ class FloatScorer(Scorer):
         u_max, v_max = max(u_q, u_r), max(v_q, v_r)
         self.scale = torch.ones(len(query), dtype=torch.float64, device=query.device)
         self.row_err, self.col_err = q_err * u_max, r_err * v_max
-        self.out32 = dtype == torch.float32 or query.device.type == "cuda"
+        self.out32 = dtype == torch.float32 or (query.device.type == "cuda" and _mm_out32(self.q[:1]))
         output = 0.0 if self.out32 else UNIT_ROUNDOFF[dtype] * v_max**2
         self.eps = gamma(query.x.shape[1]) * v_max**2 + output + SLACK
 
@@ -291,23 +299,31 @@ def half_available(dtype: torch.dtype = torch.bfloat16) -> bool:
         return False
 
 
-def choose_kind(device: torch.device, dim: int, kind: str = "auto") -> str:
-    """``auto``: fp16 on CUDA; bf16 on CPUs with bf16 hardware; int8 on other x86 CPUs; else fp32."""
+#: query x reference x dim products below which the CPU uses fp32 scores: there the GEMM is
+#: cheap and the tighter bound (fewer pairs to evaluate exactly) is worth more.
+SMALL_SEARCH = 1 << 32
+
+
+def choose_kind(device: torch.device, dim: int, kind: str = "auto", products: int = SMALL_SEARCH) -> str:
+    """``auto``: fp16 on CUDA; on the CPU for searches of at least :data:`SMALL_SEARCH`
+    products, bf16 with bf16 hardware, else int8 (x86); otherwise fp32."""
     if kind not in KINDS:
         raise ValueError(f"scorer must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind != "auto":
         return kind
     if device.type == "cuda":
         return "fp16"
-    if device.type == "cpu" and cpu_has_bf16() and half_available(torch.bfloat16):
+    if device.type != "cpu" or products < SMALL_SEARCH:
+        return "fp32"
+    if cpu_has_bf16() and half_available(torch.bfloat16):
         return "bf16"
-    if device.type == "cpu" and dim >= 2 and int8_available():
+    if dim >= 2 and int8_available():
         return "int8"
     return "fp32"
 
 
 def make_scorer(query: Embeddings, ref: Embeddings, kind: str, ref_block: int) -> Scorer:
-    kind = choose_kind(query.device, query.x.shape[1], kind)
+    kind = choose_kind(query.device, query.x.shape[1], kind, len(query) * len(ref) * query.x.shape[1])
     if kind == "int8":
         return Int8Scorer(query, ref, ref_block)
     return FloatScorer(query, ref, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[kind])

@@ -213,7 +213,7 @@ def _round_f32(x: Tensor, up: bool) -> Tensor:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
+def threads(n: int) -> Iterator[None]:
     """Intra-op threads for a stretch of work: a thread pool entered thousands of times for
     small passes costs more than it saves, and on a busy machine (threads descheduled while
     others wait at the barrier) many times more."""
@@ -418,18 +418,19 @@ def positive_ranks(
     scorer: str = "auto",
     strategy: str = "auto",
     block: int = BLOCK,
+    workers: int | None = None,
 ) -> PositiveRanks:
     """Exact ranks of every query's positives, to depth ``max(max_k, R)`` (see the module).
 
-    On the CPU the work runs with one intra-op thread (see :func:`_threads`); the tiled pass
-    spreads its blocks over torch's thread count of workers instead."""
+    On the CPU the work runs with one intra-op thread (see :func:`threads`); the tiled pass
+    spreads its blocks over ``workers`` threads instead (default: torch's thread count)."""
     if strategy == "auto":
         strategy = "dense" if query.device.type == "cuda" else "tiled"
     if strategy not in ("tiled", "dense"):
         raise ValueError(f"strategy must be auto, tiled or dense, got {strategy!r}")
-    kind = choose_kind(query.device, query.x.shape[1], scorer)
-    threads = torch.get_num_threads()
-    with _threads(1), exact_float_matmul():
+    kind = choose_kind(query.device, query.x.shape[1], scorer, len(query) * len(ref) * query.x.shape[1])
+    workers = torch.get_num_threads() if workers is None else workers
+    with threads(1), exact_float_matmul():
         order = _by_scale(query) if strategy == "tiled" and self_search and kind == "int8" else None
         if order is not None:  # rows of similar int8 scale together: tight column prefilter
             query = ref = Embeddings(query.x[order], query.norms[order])
@@ -442,7 +443,7 @@ def positive_ranks(
             if strategy == "tiled":
                 block = max(GROUP, block // GROUP * GROUP)
                 sc = make_scorer(query, ref, kind, ref_block=block)
-                TiledPass(state, sc, q_labels, r_labels, self_search, block, workers=threads).run()
+                TiledPass(state, sc, q_labels, r_labels, self_search, block, workers=workers).run()
             else:
                 DensePass(state, make_scorer(query, ref, kind, ref_block=len(ref)), q_labels, r_labels).run()
         result = state.resolve(query, ref, ref_ids=order)

@@ -18,11 +18,18 @@ from typing import Iterable, Sequence
 import torch
 
 from bench.metrics.exact import as_embeddings, as_labels
-from bench.metrics.ranks import PositiveRanks, positive_ranks
+from bench.metrics.ranks import PositiveRanks, positive_ranks, threads
 
 
 def search(embeddings, labels, query=None, query_labels=None, *, max_k: int, with_map: bool, **options) -> PositiveRanks:
-    """The one search behind every metric here (``options``: ``scorer``, ``strategy``, ``block``)."""
+    """The one search behind every metric here (``options``: ``scorer``, ``strategy``,
+    ``block``, ``workers``). Small tensor operations run on one intra-op thread."""
+    options.setdefault("workers", torch.get_num_threads())
+    with threads(1):
+        return _search(embeddings, labels, query, query_labels, max_k, with_map, options)
+
+
+def _search(embeddings, labels, query, query_labels, max_k: int, with_map: bool, options: dict) -> PositiveRanks:
     ref = as_embeddings(embeddings)
     self_search = query is None
     q = ref if self_search else as_embeddings(query, device=ref.device, name="query")
@@ -42,11 +49,21 @@ def search(embeddings, labels, query=None, query_labels=None, *, max_k: int, wit
 
 
 def recalls(ranks: PositiveRanks, ks: Iterable[int]) -> dict[int, float]:
+    with threads(1):
+        return _recalls(ranks, ks)
+
+
+def _recalls(ranks: PositiveRanks, ks: Iterable[int]) -> dict[int, float]:
     first = ranks.ranks[:, 0] if ranks.ranks.shape[1] else torch.full_like(ranks.counts, torch.iinfo(torch.int64).max)
     return {k: float((first < k).double().mean()) for k in ks}
 
 
 def map_and_r_precision(ranks: PositiveRanks) -> dict[str, float]:
+    with threads(1):
+        return _map_and_r_precision(ranks)
+
+
+def _map_and_r_precision(ranks: PositiveRanks) -> dict[str, float]:
     r = ranks.counts
     valid = r > 0
     if not bool(valid.any()):
