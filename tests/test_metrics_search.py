@@ -3,6 +3,7 @@ exact), the torch internals they rely on, the CUDA path (GPU machines)."""
 
 from __future__ import annotations
 
+import functools
 import platform
 
 import numpy as np
@@ -40,6 +41,11 @@ def adversarial(n: int, dim: int, seed: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
+@functools.cache
+def sop_embeddings(n: int, dim: int):
+    return as_embeddings(sop_like(n, dim, seed=1)[0])
+
+
 def scorers(query, ref):
     kinds = {"fp32": lambda: FloatScorer(query, ref, torch.float32), "fp16": lambda: FloatScorer(query, ref, torch.float16),
              "bf16": lambda: FloatScorer(query, ref, torch.bfloat16)}
@@ -55,7 +61,7 @@ def test_every_score_is_within_its_bound(kind, dim):
     float64 similarity; and the bound is tight enough to be useful (else the search would
     evaluate nearly every pair exactly)."""
     x = as_embeddings(adversarial(300, dim, seed=dim))
-    sop = as_embeddings(sop_like(400, dim, seed=1)[0]) if dim > 3 else x
+    sop = sop_embeddings(400, dim) if dim > 3 else x
     for query, ref in [(x, x), (sop, sop), (sop, x)]:
         make = scorers(query, ref).get(kind)
         if make is None:
