@@ -171,6 +171,16 @@ def test_one_search_serves_recall_and_map(monkeypatch):
     assert len(calls) == 1 and calls[0]["max_k"] == 150 and calls[0]["with_map"]
 
 
+def test_worker_threads_change_nothing():
+    """Blocks on several worker threads (shared counts under a lock, stale cuts read freely)
+    give the same ranks as one thread, in any interleaving."""
+    emb, y = sop_like(1500, 48, seed=12)
+    one = search(emb, y, max_k=300, with_map=True, scorer="int8", block=128, workers=1)
+    for _ in range(3):
+        many = search(emb, y, max_k=300, with_map=True, scorer="int8", block=128, workers=3)
+        assert torch.equal(many.ranks, one.ranks) and torch.equal(many.counts, one.counts)
+
+
 def test_dense_pass_overflow_is_redone(monkeypatch):
     """More straddling pairs per query than the dense pass keeps: those rows are redone."""
     monkeypatch.setattr(ranks_module, "DENSE_CAP", 1)

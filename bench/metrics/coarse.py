@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from bench.metrics.exact import Embeddings
+from bench.metrics.parallel import each
 
 EPS32 = 2.0**-24
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
@@ -164,18 +165,23 @@ def _quantise(u: Tensor, levels: int, lo: int, hi: int, float32_scale: bool) -> 
     return codes.to(torch.int8), scale, err
 
 
-def _codes(e: Embeddings, roles: list[tuple[int, int, int, bool]]) -> list[tuple[Tensor, Tensor, Tensor, float]]:
+def _codes(e: Embeddings, roles: list[tuple[int, int, int, bool]], workers: int = 1) -> list[tuple[Tensor, Tensor, Tensor, float]]:
     """Per role (``_quantise``'s arguments): ``(codes, scale, |error|, max |u|)`` of every row;
-    the unit vectors are formed once per chunk for all roles."""
+    the unit vectors are formed once per chunk for all roles; chunks on ``workers`` threads."""
     n, dim = e.x.shape
     out = [(torch.empty(n, dim, dtype=torch.int8), torch.empty(n, dtype=torch.float64),
             torch.empty(n, dtype=torch.float64)) for _ in roles]
-    u_max = 0.0
-    for rows, u in _unit_rows(e):
+    norms = torch.empty(n, dtype=torch.float64)
+
+    def chunk(start: int) -> None:
+        rows = slice(start, min(start + PREP_CHUNK, n))
+        u = e.unit(rows)
         for (codes, scale, err), role in zip(out, roles):
             codes[rows], scale[rows], err[rows] = _quantise(u, *role)
-        u_max = max(u_max, float(torch.linalg.vector_norm(u, dim=1).max()))
-    return [(*parts, u_max) for parts in out]
+        norms[rows] = torch.linalg.vector_norm(u, dim=1)
+
+    each(chunk, [(s,) for s in range(0, n, PREP_CHUNK)], workers)
+    return [(*parts, float(norms.max())) for parts in out]
 
 
 def _guarded_activation(codes: Tensor) -> Tensor:
@@ -208,14 +214,14 @@ class Int8Scorer(Scorer):
 
     kind = "int8"
 
-    def __init__(self, query: Embeddings, ref: Embeddings, ref_block: int):
+    def __init__(self, query: Embeddings, ref: Embeddings, ref_block: int, workers: int = 1):
         if query.device.type != "cpu" or query.x.shape[1] < 2:
             raise ValueError("the int8 scorer runs on the CPU, for dimension >= 2")
         self.dim = query.x.shape[1]
         roles = {"q": (Q_MAX, Q_MIN, Q_MAX, False), "r": (W_MAX, -W_MAX, W_MAX, True)}
-        codes = _codes(query, [roles["q"], roles["r"]] if ref is query else [roles["q"]])
+        codes = _codes(query, [roles["q"], roles["r"]] if ref is query else [roles["q"]], workers)
         if ref is not query:
-            codes += _codes(ref, [roles["r"]])
+            codes += _codes(ref, [roles["r"]], workers)
         (self.q, self.scale, a, u_q), (self.r, self.g, b, u_r) = codes
         p_max = float((self.q.double().norm(dim=1) * self.scale).max())
         w_max = float((self.r.double().norm(dim=1) * self.g).max())
@@ -322,8 +328,8 @@ def choose_kind(device: torch.device, dim: int, kind: str = "auto", products: in
     return "fp32"
 
 
-def make_scorer(query: Embeddings, ref: Embeddings, kind: str, ref_block: int) -> Scorer:
+def make_scorer(query: Embeddings, ref: Embeddings, kind: str, ref_block: int, workers: int = 1) -> Scorer:
     kind = choose_kind(query.device, query.x.shape[1], kind, len(query) * len(ref) * query.x.shape[1])
     if kind == "int8":
-        return Int8Scorer(query, ref, ref_block)
+        return Int8Scorer(query, ref, ref_block, workers)
     return FloatScorer(query, ref, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[kind])

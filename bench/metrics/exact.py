@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.metrics.parallel import each
+
 NORM_EPS = 1e-12  # as F.normalize
 PAIR_CHUNK = 512  # pairs per float64 evaluation step (2 x 2 MiB at D = 512: stays in cache)
 
@@ -81,11 +83,17 @@ def as_labels(labels, n: int, device: torch.device, name: str = "labels") -> Ten
     return t.to(device=device, dtype=torch.int64)
 
 
-def pair_similarity(query: Embeddings, ref: Embeddings, rows: Tensor, cols: Tensor) -> Tensor:
-    """Exact ``s`` of the pairs ``(rows[p], cols[p])``, float64, in chunks of :data:`PAIR_CHUNK`."""
+def pair_similarity(query: Embeddings, ref: Embeddings, rows: Tensor, cols: Tensor, workers: int = 1) -> Tensor:
+    """Exact ``s`` of the pairs ``(rows[p], cols[p])``, float64, in chunks of :data:`PAIR_CHUNK`
+    (on ``workers`` threads, see :mod:`bench.metrics.parallel`)."""
     out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
-    for start in range(0, len(rows), PAIR_CHUNK):
-        r, c = rows[start : start + PAIR_CHUNK], cols[start : start + PAIR_CHUNK]
-        dot = torch.linalg.vecdot(query.x64[r], ref.x64[c])
-        out[start : start + len(r)] = dot / (query.norms[r] * ref.norms[c])
+    q64, r64 = query.x64, ref.x64  # made once, before any worker
+
+    def chunk(start: int, stop: int) -> None:
+        for s in range(start, stop, PAIR_CHUNK):
+            r, c = rows[s : min(s + PAIR_CHUNK, stop)], cols[s : min(s + PAIR_CHUNK, stop)]
+            out[s : s + len(r)] = torch.linalg.vecdot(q64[r], r64[c]) / (query.norms[r] * ref.norms[c])
+
+    step = max(PAIR_CHUNK, -(-len(rows) // max(1, workers)))
+    each(chunk, [(s, min(s + step, len(rows))) for s in range(0, len(rows), step)], workers if query.device.type == "cpu" else 1)
     return out

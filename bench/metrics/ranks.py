@@ -33,17 +33,15 @@ Two pass strategies, same state and result:
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from bench.metrics.coarse import Scorer, choose_kind, exact_float_matmul, make_scorer
 from bench.metrics.exact import Embeddings, pair_similarity
+from bench.metrics.parallel import each, threads
 
 BEYOND = torch.iinfo(torch.int64).max // 4  #: a rank past the depth the metrics asked for
 GROUP = 64  #: columns per prefilter group of the tiled pass (a contiguous run in a row)
@@ -78,7 +76,8 @@ class Positives:
 
 
 def positives(
-    query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: Tensor, self_search: bool, ref_ids: Tensor | None = None
+    query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: Tensor, self_search: bool,
+    ref_ids: Tensor | None = None, workers: int = 1,
 ) -> Positives:
     """``ref_ids``: the index each reference row stands for, where the rows were reordered
     (ties among positives go to the smaller one; ``index`` holds them)."""
@@ -105,7 +104,7 @@ def positives(
     position = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
     sims = torch.full((n_q, r_max), -torch.inf, dtype=torch.float64, device=rows.device)
     index = torch.full((n_q, r_max), -1, dtype=torch.int64, device=rows.device)
-    sims[rows, position] = pair_similarity(query, ref, rows, cols)
+    sims[rows, position] = pair_similarity(query, ref, rows, cols, workers)
     index[rows, position] = cols if ref_ids is None else ref_ids[cols]
     sims, perm = sims.sort(dim=1, descending=True, stable=True)
     return Positives(sims, index.gather(1, perm), counts)
@@ -163,7 +162,7 @@ class RankState:
         if bool(straddle.any()):
             self.kept.append((rows[straddle], cols[straddle], maybe_from[straddle], above_from[straddle]))
 
-    def resolve(self, query: Embeddings, ref: Embeddings, ref_ids: Tensor | None = None) -> PositiveRanks:
+    def resolve(self, query: Embeddings, ref: Embeddings, ref_ids: Tensor | None = None, workers: int = 1) -> PositiveRanks:
         """Exact similarities of the kept pairs that still matter; then the ranks. ``ref_ids``:
         the reference index each column stands for, where the pass ran on reordered rows (ties
         are broken by the original index)."""
@@ -174,7 +173,7 @@ class RankState:
             hi = torch.minimum(hi, self.live[rows])
             keep = lo < hi
             rows, cols, lo, hi = rows[keep], cols[keep], lo[keep], hi[keep]
-            s = pair_similarity(query, ref, rows, cols).unsqueeze(1)
+            s = pair_similarity(query, ref, rows, cols, workers).unsqueeze(1)
             thr, idx = -self.neg_thr[rows], self.pos_index[rows]
             k = torch.arange(r_max, device=rows.device)
             ids = cols if ref_ids is None else ref_ids[cols]
@@ -212,19 +211,6 @@ def _round_f32(x: Tensor, up: bool) -> Tensor:
     return torch.where(off, torch.nextafter(f, torch.full_like(f, torch.inf if up else -torch.inf)), f)
 
 
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Intra-op threads for a stretch of work: a thread pool entered thousands of times for
-    small passes costs more than it saves, and on a busy machine (threads descheduled while
-    others wait at the barrier) many times more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class TiledPass:
     """Block pairs of the similarity matrix; in a self-search each pair serves both sides.
 
@@ -254,13 +240,7 @@ class TiledPass:
     def run(self) -> None:
         b = self.block
         tiles = [(q0, r0) for q0 in range(0, self.n_q, b) for r0 in range(q0 if self.self_search else 0, self.n_r, b)]
-        if self.workers <= 1 or len(tiles) < 4:
-            for tile in tiles:
-                self._tile(*tile)
-            return
-        with ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            for done in [pool.submit(self._tile, *tile) for tile in tiles]:
-                done.result()  # re-raises a worker's error
+        each(self._tile, tiles, self.workers)
 
     def _tile(self, q0: int, r0: int) -> None:
         st, b = self.state, self.block
@@ -422,8 +402,8 @@ def positive_ranks(
 ) -> PositiveRanks:
     """Exact ranks of every query's positives, to depth ``max(max_k, R)`` (see the module).
 
-    On the CPU the work runs with one intra-op thread (see :func:`threads`); the tiled pass
-    spreads its blocks over ``workers`` threads instead (default: torch's thread count)."""
+    On the CPU the work runs on ``workers`` threads of one intra-op thread each (default:
+    torch's thread count; see :mod:`bench.metrics.parallel`)."""
     if strategy == "auto":
         strategy = "dense" if query.device.type == "cuda" else "tiled"
     if strategy not in ("tiled", "dense"):
@@ -435,18 +415,18 @@ def positive_ranks(
         if order is not None:  # rows of similar int8 scale together: tight column prefilter
             query = ref = Embeddings(query.x[order], query.norms[order])
             q_labels = r_labels = q_labels[order]
-        pos = positives(query, ref, q_labels, r_labels, self_search, ref_ids=order)
+        pos = positives(query, ref, q_labels, r_labels, self_search, ref_ids=order, workers=workers)
         if not with_map:  # only the best positive matters
             pos = Positives(pos.sims[:, :1], pos.index[:, :1], pos.counts)
         state = RankState(pos, depths(pos.counts, pos.sims.shape[1], max_k, with_map))
         if bool(torch.isfinite(state.cut).any()):
             if strategy == "tiled":
                 block = max(GROUP, block // GROUP * GROUP)
-                sc = make_scorer(query, ref, kind, ref_block=block)
+                sc = make_scorer(query, ref, kind, ref_block=block, workers=workers)
                 TiledPass(state, sc, q_labels, r_labels, self_search, block, workers=workers).run()
             else:
                 DensePass(state, make_scorer(query, ref, kind, ref_block=len(ref)), q_labels, r_labels).run()
-        result = state.resolve(query, ref, ref_ids=order)
+        result = state.resolve(query, ref, ref_ids=order, workers=workers)
     if order is None:
         return result
     ranks = torch.empty_like(result.ranks)

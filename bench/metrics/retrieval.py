@@ -18,7 +18,8 @@ from typing import Iterable, Sequence
 import torch
 
 from bench.metrics.exact import as_embeddings, as_labels
-from bench.metrics.ranks import PositiveRanks, positive_ranks, threads
+from bench.metrics.parallel import threads
+from bench.metrics.ranks import PositiveRanks, positive_ranks
 
 
 def search(embeddings, labels, query=None, query_labels=None, *, max_k: int, with_map: bool, **options) -> PositiveRanks:
