@@ -184,11 +184,15 @@ def test_worker_threads_change_nothing():
 def test_dense_pass_overflow_is_redone(monkeypatch):
     """More straddling pairs per query than the dense pass keeps: those rows are redone."""
     monkeypatch.setattr(ranks_module, "DENSE_CAP", 1)
+    redone = []
+    forget = ranks_module.RankState.forget
+    monkeypatch.setattr(ranks_module.RankState, "forget", lambda self, rows: (redone.append(len(rows)), forget(self, rows)))
     rng = np.random.default_rng(10)
     emb, y = rng.normal(size=(300, 6)).astype(np.float32), rng.integers(0, 10, 300)
     ks = [1, 3, 100]
     expected = brute_metrics(brute_sims(emb), y, y, ks, self_search=True)
     assert_same(metrics_via(("int8", "dense", None), emb, y, ks), expected)
+    assert redone and redone[0] > 10
 
 
 # ---------------------------------------------------------------------------- semantics kept from before

@@ -324,10 +324,10 @@ class DensePass:
     number. Rows with more than ``cap`` are redone once after the pass, with a larger cap.
     """
 
-    def __init__(self, state: RankState, scorer: Scorer, q_labels: Tensor, r_labels: Tensor, cap: int = DENSE_CAP):
+    def __init__(self, state: RankState, scorer: Scorer, q_labels: Tensor, r_labels: Tensor, cap: int | None = None):
         self.state, self.sc = state, scorer
         self.q_labels, self.r_labels = q_labels, r_labels
-        self.cap = cap
+        self.cap = DENSE_CAP if cap is None else cap
         # Thresholds in float32, rounded so that every float32 decision errs towards "straddles":
         # certainly above: lb > theta_up; certainly below: ub < theta_dn.
         theta = -state.neg_thr
