@@ -178,16 +178,18 @@ def test_pml_proxy_nca_drops_underflowed_samples_we_do_not():
 # ---------------------------------------------------------------------------- Smooth Proxy-Anchor
 
 
+@pytest.mark.parametrize("pair_form", ["list", "mask"])
 @pytest.mark.parametrize(
     "sharpness,position,threshold",
     [(10.0, 0.5, 0.5), (3.0, 0.3, 0.6), (50.0, 0.7, 0.2), (1000.0, 0.2, 0.6)],  # the last: log-weight path
 )
-def test_smooth_matches_formula_float64(sharpness, position, threshold):
+def test_smooth_matches_formula_float64(sharpness, position, threshold, pair_form):
     x, y = batch(B=24, C=10, D=6, seed=13, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     conf = torch.rand(24, 10, generator=g, dtype=torch.float64) ** 2
     conf[:, 9] = 0.0  # a proxy no sample is positive for
     loss = SmoothProxyAnchorLoss(10, 6, alpha=16, delta=0.2, position=position, sharpness=sharpness, threshold=threshold)
+    loss.pair_form = pair_form
     loss.double()
     P = loss.proxies.detach().clone().requires_grad_()
     xr = x.clone().requires_grad_()
@@ -230,6 +232,11 @@ def test_smooth_sharp_one_hot_is_proxy_anchor(few):
 # ---------------------------------------------------------------------------- gradcheck, low precision
 
 
+def _mask_form(loss):
+    loss.pair_form = "mask"  # the accelerators' fixed-shape positives, here on the CPU
+    return loss
+
+
 def _variants(C: int, D: int, alpha: float = 4.0, delta: float = 0.1):
     g = torch.Generator().manual_seed(0)
     parents = torch.tensor([i % 3 for i in range(C)])
@@ -238,6 +245,7 @@ def _variants(C: int, D: int, alpha: float = 4.0, delta: float = 0.1):
         "proxy_nca": (ProxyNCALoss(C, D, scale=alpha), {}),
         "proxy_nca_incl": (ProxyNCALoss(C, D, scale=alpha, include_positive=True), {}),
         "smooth": (SmoothProxyAnchorLoss(C, D, alpha=alpha, delta=delta), {"confidences": torch.rand(8, C, generator=g)}),
+        "smooth_mask": (_mask_form(SmoothProxyAnchorLoss(C, D, alpha=alpha, delta=delta)), {"confidences": torch.rand(8, C, generator=g)}),
         "smooth_onehot": (SmoothProxyAnchorLoss(C, D, alpha=alpha, delta=delta), {}),
         "smooth_logpath": (
             SmoothProxyAnchorLoss(C, D, alpha=alpha, delta=delta, sharpness=500.0, position=0.3, threshold=0.6),

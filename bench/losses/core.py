@@ -209,6 +209,59 @@ def similarity_objective(sim: Tensor, objective: Objective) -> Tensor:
 # ---------------------------------------------------------------------------- objectives
 
 
+class PairList:
+    """Positive pairs as index lists ``(rows[k], cols[k])``, unique: the fast form when they
+    are few (Proxy-Anchor's B pairs; on the CPU, Smooth Proxy-Anchor's relabelled ones)."""
+
+    def __init__(self, rows: Tensor, cols: Tensor):
+        self.rows, self.cols = rows, cols
+
+    def fill_(self, t: Tensor, value: float) -> Tensor:
+        t[self.rows, self.cols] = value
+        return t
+
+    def negative_amax(self, sim: Tensor) -> Tensor:
+        """Column max over the other pairs (``sim`` written and restored in place: no copy)."""
+        s_pos = sim[self.rows, self.cols]
+        top = self.fill_(sim, -math.inf).amax(0)
+        sim[self.rows, self.cols] = s_pos
+        return top
+
+    def anchor(self, sim: Tensor, alpha: float, delta: float, log_weight: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(sum_p log(1 + sum_{X_p+} w e^{-alpha (s - delta)}), |P+|, each pair's softmax weight)``."""
+        num_classes = sim.shape[1]
+        lse, weight = segment_lse_softmax(alpha * (delta - sim[self.rows, self.cols]) + log_weight, self.cols, num_classes)
+        n_pos = sim.new_zeros(num_classes).index_fill_(0, self.cols, 1).sum()  # no bincount: it syncs on CUDA
+        return lse.sum(), n_pos, weight
+
+    def write_(self, grad: Tensor, weight: Tensor) -> None:
+        grad[self.rows, self.cols] = weight
+
+
+class PairMask:
+    """Positive pairs as a (B, C) bool mask: fixed shapes, no data-dependent sizes, so a step
+    with them needs no host round trip and can be captured in a CUDA graph."""
+
+    def __init__(self, mask: Tensor):
+        self.mask = mask
+
+    def fill_(self, t: Tensor, value: float) -> Tensor:
+        return t.masked_fill_(self.mask, value)
+
+    def negative_amax(self, sim: Tensor) -> Tensor:
+        return sim.masked_fill(self.mask, -math.inf).amax(0)
+
+    def anchor(self, sim: Tensor, alpha: float, delta: float, log_weight: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        z = torch.mul(sim, -alpha).add_(alpha * delta).add_(log_weight).masked_fill_(~self.mask, -math.inf)
+        shift = z.amax(0).clamp_min_(0)  # as segment_lse_softmax: the one term takes part
+        weight = z.sub_(shift).exp_()
+        total = weight.sum(0).add_(torch.exp(-shift))
+        return (shift + total.log()).sum(), self.mask.any(0).sum(), weight.div_(total)
+
+    def write_(self, grad: Tensor, weight: Tensor) -> None:
+        grad.add_(weight)  # weight is 0 off the positives, grad 0 on them
+
+
 def anchor_objective(
     sim: Tensor,
     pos_rows: Tensor,
@@ -238,34 +291,56 @@ def anchor_objective(
     underflow (the caller guarantees ``w >= e^-60``; otherwise pass ``log w`` as a dense
     ``neg_log_weight``).
     """
+    return weighted_anchor_objective(sim, PairList(pos_rows, pos_cols), alpha, delta, pos_log_weight, neg_log_weight, neg_weight)
+
+
+def masked_anchor_objective(
+    sim: Tensor,
+    positive: Tensor,
+    alpha: float,
+    delta: float,
+    pos_log_weight: Tensor | float = 0.0,
+    neg_log_weight: Tensor | float = 0.0,
+    neg_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`anchor_objective` with the positives as a (B, C) bool mask (``pos_log_weight``
+    then scalar or (B, C)): the fixed-shape form for accelerators (see :class:`PairMask`)."""
+    return weighted_anchor_objective(sim, PairMask(positive), alpha, delta, pos_log_weight, neg_log_weight, neg_weight)
+
+
+def weighted_anchor_objective(
+    sim: Tensor,
+    positives: PairList | PairMask,
+    alpha: float,
+    delta: float,
+    pos_log_weight: Tensor | float = 0.0,
+    neg_log_weight: Tensor | float = 0.0,
+    neg_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The formula of :func:`anchor_objective` for positives in either form."""
     num_classes = sim.shape[1]
-    s_pos = sim[pos_rows, pos_cols]
     a_delta = alpha * delta
     # Negatives: z = alpha*sim + log w- + alpha*delta - shift, shift = max(0, column max).
     if isinstance(neg_log_weight, Tensor):
-        z = torch.add(neg_log_weight, sim, alpha=alpha)
-        z[pos_rows, pos_cols] = -math.inf
+        z = positives.fill_(torch.add(neg_log_weight, sim, alpha=alpha), -math.inf)
         shift = z.amax(0).add_(a_delta).clamp_min_(0)
         z.add_(a_delta - shift)
     else:  # the shift comes from sim itself, and z is written once, already shifted
-        sim[pos_rows, pos_cols] = -math.inf
-        shift = sim.amax(0).mul_(alpha).add_(a_delta + neg_log_weight).clamp_min_(0)  # all-positive column: 0
-        sim[pos_rows, pos_cols] = s_pos
+        shift = positives.negative_amax(sim).mul_(alpha).add_(a_delta + neg_log_weight).clamp_min_(0)  # all-positive column: 0
         z = torch.add(a_delta + neg_log_weight - shift, sim, alpha=alpha)
     z.clamp_(min=EXP_FLOOR[z.dtype])  # see EXP_FLOOR
-    z[pos_rows, pos_cols] = -math.inf
-    z.exp_()
+    positives.fill_(z, -math.inf).exp_()
     if neg_weight is not None:
         z.mul_(neg_weight)
     total = z.sum(0).add_(torch.exp(-shift))
     neg_value = (shift + total.log()).sum() / num_classes
     grad = z.mul_((alpha / num_classes) / total)
 
-    # Positives: per-proxy segments of the K entries.
-    pos_lse, pos_w = segment_lse_softmax(alpha * (delta - s_pos) + pos_log_weight, pos_cols, num_classes)
-    n_pos = torch.bincount(pos_cols, minlength=num_classes).count_nonzero().clamp_min(1).to(sim.dtype)
-    grad[pos_rows, pos_cols] = pos_w.mul_(-alpha / n_pos)
-    return pos_lse.sum() / n_pos + neg_value, grad
+    # Positives: per proxy, over its positive pairs only.
+    pos_lse, n_pos, pos_w = positives.anchor(sim, alpha, delta, pos_log_weight)
+    n_pos = n_pos.clamp_min(1).to(sim.dtype)
+    positives.write_(grad, pos_w.mul_(-alpha / n_pos))
+    return pos_lse / n_pos + neg_value, grad
 
 
 def proxy_anchor_objective(sim: Tensor, labels: Tensor, alpha: float, delta: float, **weights) -> tuple[Tensor, Tensor]:

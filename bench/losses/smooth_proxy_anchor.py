@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bench.losses.confidence import ConfidenceModule, predict, train_confidence_module
 from bench.losses.configs import ConfidenceConfig, SmoothProxyAnchorConfig
-from bench.losses.core import ProxyLoss, anchor_objective, proxy_anchor_objective
+from bench.losses.core import PairList, PairMask, ProxyLoss, proxy_anchor_objective, weighted_anchor_objective
 from bench.losses.registry import TrainingData
 
 
@@ -63,6 +65,11 @@ class SmoothProxyAnchorLoss(ProxyLoss):
 
     # -- the loss
 
+    #: How the relabelled positives are held: ``"list"`` (index lists: they are few, the
+    #: fastest form on the CPU), ``"mask"`` (a (B, C) mask: fixed shapes, no host round trip,
+    #: so the step can be captured in a CUDA graph) or ``"auto"`` (list on the CPU, else mask).
+    pair_form: str = "auto"
+
     def positives(self, confidences: Tensor) -> tuple[Tensor, Tensor]:
         """``(rows, cols)`` of the pairs with ``c >= threshold``. They are few per sample, so
         they are listed (only the columns whose max reaches the threshold are scanned)."""
@@ -73,22 +80,28 @@ class SmoothProxyAnchorLoss(ProxyLoss):
     def objective(self, sim: Tensor, labels: Tensor, confidences: Tensor | None = None) -> tuple[Tensor, Tensor]:
         k, position = self.sharpness, self.position
         if confidences is None:  # one-hot: the weights are two constants, Proxy-Anchor's path
-            pos_w, neg_w = F.logsigmoid(k * torch.tensor([1.0 - position, position], dtype=torch.float64)).tolist()
+            pos_w, neg_w = _log_sigmoid(k * (1.0 - position)), _log_sigmoid(k * position)
             return proxy_anchor_objective(sim, labels, self.alpha, self.delta, pos_log_weight=pos_w, neg_log_weight=neg_w)
         if confidences.shape != sim.shape:
             raise ValueError(f"confidences must be (batch, num_classes) = {tuple(sim.shape)}, got {tuple(confidences.shape)}")
         c = confidences.detach().to(sim.dtype)
-        rows, cols = self.positives(c)
-        pos_log_w = F.logsigmoid(k * (c[rows, cols] - position))  # log S(c), K entries
+        if self.pair_form == "list" or (self.pair_form == "auto" and sim.device.type == "cpu"):
+            rows, cols = self.positives(c)
+            positives: PairList | PairMask = PairList(rows, cols)
+            pos_log_w = F.logsigmoid(k * (c[rows, cols] - position))  # log S(c), K entries
+        else:
+            positives = PairMask(c >= self.threshold)
+            pos_log_w = F.logsigmoid(torch.add(-k * position, c, alpha=k))  # read at the positives only
         minus_t = torch.add(k * position, c, alpha=-k)  # 1 - S(c) = sigmoid(-t)
+        args = (sim, positives, self.alpha, self.delta, pos_log_w)
         if self.min_negative_log_weight >= -60:  # fast path: weights multiply the exponentials
-            return anchor_objective(sim, rows, cols, self.alpha, self.delta, pos_log_w, neg_weight=torch.sigmoid_(minus_t))
-        return anchor_objective(sim, rows, cols, self.alpha, self.delta, pos_log_w, neg_log_weight=F.logsigmoid(minus_t))
+            return weighted_anchor_objective(*args, neg_weight=torch.sigmoid_(minus_t))
+        return weighted_anchor_objective(*args, neg_log_weight=F.logsigmoid(minus_t))
 
     @property
     def min_negative_log_weight(self) -> float:
         """Lower bound of ``log(1 - S(c))`` over negatives (``c < threshold``)."""
-        return float(F.logsigmoid(torch.tensor(self.sharpness * (self.position - self.threshold), dtype=torch.float64)))
+        return _log_sigmoid(self.sharpness * (self.position - self.threshold))
 
     def forward(self, embeddings: Tensor, labels: Tensor, confidences: Tensor | None = None) -> Tensor:
         return super().forward(embeddings, labels, confidences=confidences)
@@ -115,6 +128,11 @@ class SmoothProxyAnchorLoss(ProxyLoss):
             f"{super().extra_repr()}, alpha={self.alpha}, delta={self.delta}, position={self.position}, "
             f"sharpness={self.sharpness}, threshold={self.threshold}"
         )
+
+
+def _log_sigmoid(x: float) -> float:
+    """``log(sigmoid(x))`` in float64 without overflow (plain Python: no tensor, no device)."""
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
 
 def build(cfg: SmoothProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> SmoothProxyAnchorLoss:

@@ -6,6 +6,7 @@ import sys
 
 TARGETS = {
     "losses": "bench.perf.losses",
+    "eval": "bench.perf.eval",
     "train": "bench.perf.train",
     "parity": "bench.perf.parity",
     "workers": "bench.perf.workers",

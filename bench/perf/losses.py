@@ -6,6 +6,13 @@ proxies both need gradients), each loss's ratio to the GEMM floor and to pml's
 Proxy-Anchor, and the speed targets. The floor is the three B x D x C matmuls any
 proxy loss needs (``x p^T`` forward, ``G p`` and ``G^T x`` backward), timed on this
 machine. Losses run round-robin inside each repeat, so a noisy neighbour slows all alike.
+
+On CUDA our losses are also timed captured in a CUDA graph (a loss call never reads
+anything back from the device, so a whole step can be captured and replayed without
+per-kernel launch cost), and the targets are the GPU ones: Proxy-Anchor within 2x of the
+floor, Smooth Proxy-Anchor within 1.2x of Proxy-Anchor, the hierarchical wrapper within
+1.25x of its base (judged on the graph replays). On the CPU: within 1.5x of the floor and
+0.6x of pml.
 """
 
 from __future__ import annotations
@@ -89,6 +96,20 @@ def build_cases(batch: int, dim: int, classes: int, device: torch.device, seed: 
     }
 
 
+def captured(step: Step) -> Step:
+    """``step`` captured in a CUDA graph (after a warm-up on a side stream): its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def measure(steps: dict[str, Step], repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
     """Round-robin timing: every repeat runs every step once, in order; milliseconds."""
     for _ in range(warmup):
@@ -109,6 +130,10 @@ def measure(steps: dict[str, Step], repeats: int, warmup: int, device: torch.dev
 def run(batch: int, dim: int, classes: int, device: torch.device, repeats: int, warmup: int) -> str:
     gemms = _gemm_steps(batch, dim, classes, device, torch.float32)
     cases = build_cases(batch, dim, classes, device)
+    if device.type == "cuda":  # our losses once more, as CUDA-graph replays
+        for name, (impl, step) in list(cases.items()):
+            if impl == "ours":
+                cases[f"{name} [CUDA graph]"] = ("ours", captured(step))
     steps = {n: s for n, (_, s) in cases.items()}
     # The floor runs in the same round-robin as the losses: contention hits it alike.
     times = measure({**{f"gemm {k}": v for k, v in gemms.items()}, **steps}, repeats, warmup, device)
@@ -132,13 +157,16 @@ def run(batch: int, dim: int, classes: int, device: torch.device, repeats: int, 
         lines.append(
             f"| {name} | {impl} | {med[name]:.2f} | {q[2] - q[0]:.2f} | {med[name] / floor:.2f} | {med[name] / pml_pa:.2f} |"
         )
-    pa = med["proxy_anchor"]
-    hier = next(v for k, v in med.items() if k.startswith("hierarchical"))
+    graph = " [CUDA graph]" if device.type == "cuda" else ""
+    pa = med[f"proxy_anchor{graph}"]
+    smooth = med[f"smooth_proxy_anchor (dense confidences){graph}"]
+    hier = next(v for k, v in med.items() if k.startswith("hierarchical") and k.endswith(graph))
+    floor_bound = 2.0 if device.type == "cuda" else 1.5
     targets = [
-        ("our Proxy-Anchor <= 0.6 x pml's", pa / pml_pa, 0.6),
-        ("our Proxy-Anchor <= 1.5 x GEMM floor", pa / floor, 1.5),
-        ("Smooth PA (dense) <= 1.2 x our PA", med["smooth_proxy_anchor (dense confidences)"] / pa, 1.2),
-        ("hierarchical <= 1.25 x its base", hier / pa, 1.25),
+        (f"our Proxy-Anchor{graph} <= 0.6 x pml's", pa / pml_pa, None if graph else 0.6),
+        (f"our Proxy-Anchor{graph} <= {floor_bound} x GEMM floor", pa / floor, floor_bound),
+        (f"Smooth PA (dense){graph} <= 1.2 x our PA", smooth / pa, 1.2),
+        (f"hierarchical{graph} <= 1.25 x its base", hier / pa, 1.25),
         ("our Proxy-NCA (incl. positive) vs pml's", med["proxy_nca include_positive"] / med["proxy_nca (pml, softmax_scale=16)"], None),
     ]
     judged = classes >= TARGET_CLASSES  # below that the run is per-op-overhead bound, not GEMM bound
