@@ -12,6 +12,11 @@ params and the selected cell's numbers as metrics; each child run is named after
 (``alpha=8 delta=0.3``) and says how it ended in ``bench.outcome`` (complete, pruned,
 failed, interrupted, worker_died). Any failing tracking call raises
 :class:`TrackingError`, which fails that trial only.
+
+Writes keep out of training's way (:mod:`bench.write_behind`): a trial's params and
+config file go to a background writer, its per-epoch curves are buffered and written
+every :data:`FLUSH_S` seconds in the background, and its final metrics, with whatever
+curves are still buffered, are one synchronous batch before the study records the trial.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ NOTE = "mlflow.note.content"
 #: over the GenAI overview it guesses for untagged experiments.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 CURVE = "curve/"
+#: Seconds between background writes of a running trial's buffered curves (live view).
+FLUSH_S = 10.0
+#: MLflow's caps per ``log_batch`` call.
+MAX_METRICS, MAX_PARAMS = 1000, 100
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "mlflow", "optuna", "pytorch-metric-learning", "pydantic")
 
 
@@ -183,8 +192,11 @@ class Tracker:
         # Never mlflow.set_tracking_uri(): in MLflow 3 it exports MLFLOW_TRACKING_URI to the
         # whole process, so a later settings load (another trial, a notebook cell) would
         # silently log into this store.
+        from bench.write_behind import WriteBehind
+
         self.uri = prepare_tracking_uri(tracking_uri)
         self.experiment_name = experiment
+        self.writes = WriteBehind()
         try:
             with store_init_lock(self.uri):  # MlflowClient() creates/migrates the schema
                 self.client = MlflowClient(self.uri)
@@ -304,10 +316,24 @@ class Tracker:
         from bench.config import flatten
 
         params = [Param(k, v) for k, v in _str_params(flatten(config)).items()]
-        for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(run_id, params=params[i : i + 100])
-        self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
-        return TrialRun(self.client, run_id)
+        text = yaml.safe_dump(config, sort_keys=False)
+
+        def write() -> None:
+            for i in range(0, len(params), MAX_PARAMS):
+                self.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
+            self.client.log_text(run_id, text, "config.yaml")
+
+        self.writes.submit(run_id, write)
+        return TrialRun(self.client, run_id, self.writes)
+
+    def close_later(self, run_id: str, outcome: str) -> None:
+        """Close a run in the background (a complete trial whose metrics are already written)."""
+        self.writes.submit(run_id, lambda: close_run(self.client, run_id, outcome))
+
+    @_guarded
+    def drain(self) -> None:
+        """Wait for every background write (before a study's summary, before exit)."""
+        self.writes.drain()
 
     @staticmethod
     def _env_tags() -> dict[str, str]:
@@ -317,20 +343,41 @@ class Tracker:
 
 
 class TrialRun:
-    """One trial's child run: per-epoch metrics, final metrics, artifacts, how it ended."""
+    """One trial's child run: per-epoch metrics, final metrics, artifacts, how it ended.
 
-    def __init__(self, client, run_id: str):
+    Setup values and curves are buffered here and reach the store in the background every
+    :data:`FLUSH_S` seconds, and synchronously with the final metrics or when the run
+    closes other than complete; see the module docstring.
+    """
+
+    def __init__(self, client, run_id: str, writes=None):
+        from bench.write_behind import WriteBehind
+
         self.client, self.run_id = client, run_id
+        self.writes = writes if writes is not None else WriteBehind()
+        self._metrics: list = []
+        self._tags: list = []
+        self._flushed = time.monotonic()
+
+    def _take(self) -> tuple[list, list]:
+        metrics, tags, self._metrics, self._tags = self._metrics, self._tags, [], []
+        self._flushed = time.monotonic()
+        return metrics, tags
+
+    def _write(self, metrics: list, tags: list) -> None:
+        for i in range(0, max(len(metrics), 1), MAX_METRICS):
+            chunk = metrics[i : i + MAX_METRICS]
+            if chunk or (tags and i == 0):
+                self.client.log_batch(self.run_id, metrics=chunk, tags=tags if i == 0 else [])
 
     @_guarded
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, mask_url(v)) for k, v in tags.items()])
+        self._tags += [RunTag(k, mask_url(v)) for k, v in tags.items()]
 
-    @_guarded
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Callback for :func:`bench.train.run_trial`: one batched call per epoch.
+        """Callback for :func:`bench.train.run_trial`: buffered, written in the background.
 
         Curves go under ``curve/`` with step = epoch, so the final, selected-epoch
         ``val_recall_at_1`` is not shadowed by the last epoch's value (MLflow shows a
@@ -339,36 +386,43 @@ class TrialRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(f"{CURVE}{k}", float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._metrics += [Metric(f"{CURVE}{k}", float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        if time.monotonic() - self._flushed >= FLUSH_S:
+            metrics_, tags = self._take()
+            self.writes.submit(self.run_id, lambda: self._write(metrics_, tags))
 
-    @_guarded
     def log_setup(self, info: dict[str, Any]) -> None:
         """Called once the trial knows its device and data; phase-1 metrics land here too."""
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        tags = [RunTag("bench.device", str(info.get("device", ""))),
-                RunTag("bench.dataset_fingerprint", str(info.get("dataset_fingerprint", "")))]
-        tags += [RunTag(f"bench.{k}", v) for k, v in info.items()
-                 if isinstance(v, str) and k not in ("device", "dataset_fingerprint")]
-        metrics = [Metric(k, float(v), now, 0) for k, v in info.items()
-                   if k not in ("device", "dataset_fingerprint") and isinstance(v, (int, float))]
-        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+        self._tags += [RunTag("bench.device", str(info.get("device", ""))),
+                       RunTag("bench.dataset_fingerprint", str(info.get("dataset_fingerprint", "")))]
+        self._tags += [RunTag(f"bench.{k}", v) for k, v in info.items()
+                       if isinstance(v, str) and k not in ("device", "dataset_fingerprint")]
+        self._metrics += [Metric(k, float(v), now, 0) for k, v in info.items()
+                          if k not in ("device", "dataset_fingerprint") and isinstance(v, (int, float))]
 
     @_guarded
-    def log_result(self, result) -> None:
-        """The trial's final metrics (at the selected epoch) and ``history.csv``; the run
-        stays open until the study has recorded the trial (:meth:`close`)."""
+    def flush(self) -> None:
+        """Everything queued or buffered for this run, in the store now."""
+        self.writes.wait_for(self.run_id)
+        self._write(*self._take())
+
+    @_guarded
+    def log_result(self, result, fault_trial: int | None = None) -> None:
+        """The trial's final metrics (at the selected epoch), its buffered curves and
+        ``history.csv``, written before returning; the run stays open until the study has
+        recorded the trial (:meth:`close`)."""
         from mlflow.entities import Metric
 
         from bench.studies import faults
 
         now = int(time.time() * 1000)
-        final = [Metric(k, float(v), now, result.best_epoch) for k, v in result.metrics.items()]
-        final.append(Metric("trial_seconds", float(result.seconds), now, 0))
-        self.client.log_batch(self.run_id, metrics=final)
-        faults.hit("logging")
+        self._metrics += [Metric(k, float(v), now, result.best_epoch) for k, v in result.metrics.items()]
+        self._metrics.append(Metric("trial_seconds", float(result.seconds), now, 0))
+        self.flush()
+        faults.hit("logging", fault_trial)
         if result.history:
             keys = list(dict.fromkeys(k for row in result.history for k in row))
             buf = io.StringIO()
@@ -387,9 +441,11 @@ class TrialRun:
 
     @_guarded
     def close(self, outcome: str, reason: str = "", status: str | None = None, tags: dict[str, Any] | None = None) -> None:
-        """End the run: ``outcome`` in ``bench.outcome`` (and ``reason`` in
-        ``bench.failure_reason`` for failures), status FINISHED for complete and pruned
-        trials, FAILED for failures, KILLED for interrupted or dead workers."""
+        """End the run (after writing what is buffered): ``outcome`` in ``bench.outcome``
+        (and ``reason`` in ``bench.failure_reason`` for failures), status FINISHED for
+        complete and pruned trials, FAILED for failures, KILLED for interrupted or dead
+        workers."""
+        self.flush()
         close_run(self.client, self.run_id, outcome, reason, status, tags)
 
 
