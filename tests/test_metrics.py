@@ -72,7 +72,7 @@ def assert_same(got: dict, expected: dict) -> None:
 #: (scorer, strategy, block): every scorer through both passes; small blocks exercise the
 #: symmetric tiling, partial blocks and prefilter groups.
 PATHS = [("int8", "tiled", 128), ("fp32", "tiled", 64), ("bf16", "tiled", 192), ("fp16", "dense", None),
-         ("int8", "dense", None), ("fp32", "tiled", 2048)]
+         ("int8", "dense", None), ("fp32", "tiled", 2048), ("fp32", "brute", None)]
 
 
 def metrics_via(path, emb, labels, ks, query=None, q_labels=None):

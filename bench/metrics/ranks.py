@@ -49,6 +49,10 @@ ROW_GROUP = 16  #: rows per prefilter group of its column direction (strided: sm
 BLOCK = 2048  #: rows per block of the tiled pass
 DENSE_CELLS = 1 << 27  #: query x reference cells per chunk of the dense pass
 DENSE_CAP = 64  #: straddling pairs kept per query and chunk by the dense pass (more: redone)
+#: Query x reference cells up to which the CPU searches by float64 brute force (a grid
+#: trial's evaluation over a few thousand points, :mod:`bench.metrics.brute`); the tiled
+#: pass above (SOP-size searches).
+BRUTE_CPU_CELLS = 1 << 24
 MAX_TABLE = 1 << 27  #: queries x largest class above which the positives table is refused
 SENTINEL = -1e30  #: bounds of excluded pairs (positives, the query itself)
 MARGIN32 = 2.0**-20  #: float32 rounding of ``t -+ bound`` in the dense pass (|t| <= ~1)
@@ -404,11 +408,17 @@ def positive_ranks(
 
     On the CPU the work runs on ``workers`` threads of one intra-op thread each (default:
     torch's thread count; see :mod:`bench.metrics.parallel`)."""
-    if strategy == "auto":
-        strategy = "dense" if query.device.type == "cuda" else "tiled"
-    if strategy not in ("tiled", "dense"):
-        raise ValueError(f"strategy must be auto, tiled or dense, got {strategy!r}")
+    if strategy == "auto":  # bounds and candidates pay off on the CPU only for large searches
+        strategy = "dense" if query.device.type == "cuda" else "brute" if len(query) * len(ref) <= BRUTE_CPU_CELLS else "tiled"
+    if strategy not in ("tiled", "dense", "brute"):
+        raise ValueError(f"strategy must be auto, tiled, dense or brute, got {strategy!r}")
     kind = choose_kind(query.device, query.x.shape[1], scorer, len(query) * len(ref) * query.x.shape[1])
+    if strategy == "brute":
+        from bench.metrics.brute import brute_ranks
+
+        with exact_float_matmul():
+            return PositiveRanks(*brute_ranks(query, ref, q_labels, r_labels, self_search=self_search, max_k=max_k,
+                                              with_map=with_map, beyond=BEYOND))
     workers = torch.get_num_threads() if workers is None else workers
     with threads(1), exact_float_matmul():
         order = _by_scale(query) if strategy == "tiled" and self_search and kind == "int8" else None
