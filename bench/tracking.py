@@ -411,9 +411,9 @@ class TrialRun:
 
     @_guarded
     def log_result(self, result, fault_trial: int | None = None) -> None:
-        """The trial's final metrics (at the selected epoch), its buffered curves and
-        ``history.csv``, written before returning; the run stays open until the study has
-        recorded the trial (:meth:`close`)."""
+        """The trial's final metrics (at the selected epoch) and its buffered curves, written
+        before returning (``history.csv``, their copy as a table, follows in the background);
+        the run stays open until the study has recorded the trial (:meth:`close`)."""
         from mlflow.entities import Metric
 
         from bench.studies import faults
@@ -423,13 +423,13 @@ class TrialRun:
         self._metrics.append(Metric("trial_seconds", float(result.seconds), now, 0))
         self.flush()
         faults.hit("logging", fault_trial)
-        if result.history:
+        if result.history:  # a copy of the curves just written: in the background
             keys = list(dict.fromkeys(k for row in result.history for k in row))
             buf = io.StringIO()
             buf.write(",".join(keys) + "\n")
             for row in result.history:
                 buf.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
-            self.client.log_text(self.run_id, buf.getvalue(), "history.csv")
+            self.writes.submit(self.run_id, lambda: self.client.log_text(self.run_id, buf.getvalue(), "history.csv"))
 
     def finish(self, result) -> None:
         """Log the result and close the run as FINISHED (a trial outside any study)."""
