@@ -1,6 +1,6 @@
 """Proxy losses of C cells at once, each with its own hyperparameters and proxies.
 
-``loss(emb, labels)``: ``emb`` (C, B, D) L2-normalised, ``labels`` (B,) shared or (C, B)
+``loss(emb, labels)``: ``emb`` (C, B, D) (normalised here, as the single-cell losses do), ``labels`` (B,) shared or (C, B)
 per cell, proxies (C, P, D); returns the C per-cell losses (C,). Hyperparameters are (C,)
 tensors, so one batched similarity ``s = emb @ normalize(proxies)^T`` (C, B, P) serves
 every cell. Plain autograd: cells are independent, so the gradient of ``losses.sum()``
@@ -39,7 +39,7 @@ class StackedProxyLoss(nn.Module):
 
     def similarity(self, emb: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(C, B, P) cosine similarities and the (C or 1, B, P) positive mask."""
-        sim = torch.bmm(emb, F.normalize(self.proxies, dim=2).transpose(1, 2))
+        sim = torch.bmm(F.normalize(emb, dim=2), F.normalize(self.proxies, dim=2).transpose(1, 2))
         pos = F.one_hot(labels if labels.ndim == 2 else labels.unsqueeze(0), self.num_classes).bool()
         return sim, pos
 
