@@ -136,7 +136,10 @@ def run_packed(
     if len(keys) != 1 or None in keys:
         raise ValueError("run_packed needs cells with one and the same pack_key (not None)")
     cfg = cfgs[0]
-    device = pick_device(cfg.train.device)
+    try:
+        device = pick_device(cfg.train.device)
+    except TrialFailed as e:  # every cell would fail alike
+        return [e] * len(cfgs)
     precision = Precision.decide(cfg.train, device, False)
     fingerprint = dataset.fingerprint()
     ks = list(cfg.eval.ks or dataset.recall_ks)
