@@ -11,6 +11,7 @@ TARGETS = {
     "parity": "bench.perf.parity",
     "workers": "bench.perf.workers",
     "cli": "bench.perf.cli",
+    "pack": "bench.perf.pack",
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

@@ -1,0 +1,27 @@
+"""Cells trained together: many head-over-features trials of a grid or study as one program.
+
+* :func:`pack_key` (:mod:`bench.packing.key`, torch-free): which cells can share a program;
+* :func:`run_packed` (:mod:`bench.packing.trainer`): train them, one outcome per cell, each
+  as :func:`bench.train.run_trial` would give it;
+* the stacked pieces: :class:`~bench.packing.heads.StackedHeads`,
+  :mod:`bench.packing.losses` (batched Proxy-Anchor / Proxy-NCA with per-cell
+  hyperparameters), :class:`~bench.packing.optim.StackedAdamW` (per-cell learning rates).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bench.packing.key import PER_CELL, SHARED, pack_key
+
+_LAZY = {"run_packed": "bench.packing.trainer", "Pack": "bench.packing.trainer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bench.packing' has no attribute {name!r}")
+
+
+__all__ = ["PER_CELL", "SHARED", "Pack", "pack_key", "run_packed"]

@@ -1,0 +1,114 @@
+"""``python -m bench.perf pack``: a grid's cells trained one by one against all at once.
+
+Times ``bench.train.run_trial`` over every cell of a grid study file (default: the demo's
+25-cell alpha x delta grid, ``studies/demo.yaml``, on the defaults of ``bench.yaml``), one
+after another, against ``bench.packing.run_packed`` over the same cells at once, in the
+same process, round-robin over ``--repeat`` rounds (a noisy neighbour slows both alike).
+Trainer level only: no Optuna, no MLflow. Prints each cell's test R@1 both ways, both wall
+times (medians), the ratio packed / sequential and its target (0.6 on 2 CPU cores).
+
+Both runs also report the time spent in the retrieval search (``split_metrics``, one per
+cell and evaluated split either way: packing batches the embedding forward, not the
+search) and the rest (set-up, training, embedding), so the ratio of the part packing
+changes can be read apart from the part it cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+from typing import Iterator
+
+TARGET = 0.6
+
+
+def grid_configs(study: str, config: str | None, epochs: int | None) -> tuple[list, list[dict]]:
+    """The study file's cells as TrialConfigs, as the study runner resolves them."""
+    from bench.config import load_settings, resolve_trial
+    from bench.studies.spec import load_spec
+
+    settings, spec = load_settings(config), load_spec(study)
+    cells = spec.cells()
+    extra = {"train.epochs": epochs} if epochs else {}
+    return [resolve_trial(settings.trial, spec.effective_trial(), dotted={**c, **extra}) for c in cells], cells
+
+
+@contextlib.contextmanager
+def timed_search(spent: list[float]) -> Iterator[None]:
+    """Add the seconds spent in ``split_metrics`` (both trainers' call sites) to ``spent[0]``."""
+    import bench.inputs.base as base
+    import bench.packing.trainer as packed
+
+    original = base.split_metrics
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    base.split_metrics = packed.split_metrics = timed
+    try:
+        yield
+    finally:
+        base.split_metrics = packed.split_metrics = original
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.perf pack", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--study", default="studies/demo.yaml", help="a grid study file (default: the demo grid)")
+    ap.add_argument("--config", default=None, help="settings file (default: bench.yaml / $BENCH_CONFIG)")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the study's)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds, each sequential then packed (default 1)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from bench.data import create_dataset
+    from bench.packing import pack_key, run_packed
+    from bench.train import run_trial
+
+    cfgs, cells = grid_configs(args.study, args.config, args.epochs)
+    ds = create_dataset(cfgs[0].data)
+    keys = {pack_key(c, ds) for c in cfgs}
+    if len(keys) != 1 or None in keys:
+        print(f"{args.study}: its cells do not share one pack key (see bench.packing.key); nothing to compare")
+        return 2
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}; {len(cfgs)} cells of {args.study}, {cfgs[0].train.epochs} epochs")
+    run_trial(cfgs[0], ds)  # warm-up: first-call costs (allocator, thread pools) out of both timings
+    seq_s, pack_s, seq, packed = [], [], [], []
+    seq_search, pack_search = [0.0], [0.0]
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        with timed_search(seq_search):
+            seq = [run_trial(c, ds) for c in cfgs]
+        seq_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with timed_search(pack_search):
+            packed = run_packed(cfgs, ds, [[] for _ in cfgs], [None] * len(cfgs))
+        pack_s.append(time.perf_counter() - t)
+    failed = [f"{c}: {r!r}" for c, r in zip(cells, packed) if isinstance(r, BaseException)]
+    if failed:
+        print("packed cells failed:\n  " + "\n  ".join(failed))
+        return 1
+
+    print(f"\n{'cell':<34} {'seq R@1':>8} {'pack R@1':>8} {'diff':>7} {'seq best':>8} {'pack best':>9}")
+    for c, a, b in zip(cells, seq, packed):
+        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in c.items())
+        ra, rb = a.metrics["test_recall_at_1"], b.metrics["test_recall_at_1"]
+        print(f"{name:<34} {ra:8.4f} {rb:8.4f} {rb - ra:+7.4f} {a.best_epoch:8d} {b.best_epoch:9d}")
+    diffs = [abs(b.metrics["test_recall_at_1"] - a.metrics["test_recall_at_1"]) for a, b in zip(seq, packed)]
+    print(f"max |diff| test R@1 {max(diffs):.4f} (test split: {len(ds.test.y)} queries, one = {1 / len(ds.test.y):.4f})")
+    s, p = statistics.median(seq_s), statistics.median(pack_s)
+    ss, ps = seq_search[0] / args.repeat, pack_search[0] / args.repeat  # means over rounds
+    print(f"\n{'':<24} {'wall s':>8} {'search s':>9} {'rest s':>7}")
+    print(f"{'sequential (run_trial)':<24} {s:8.2f} {ss:9.2f} {s - ss:7.2f}   rounds: {' '.join(f'{v:.2f}' for v in seq_s)}")
+    print(f"{'packed (run_packed)':<24} {p:8.2f} {ps:9.2f} {p - ps:7.2f}   rounds: {' '.join(f'{v:.2f}' for v in pack_s)}")
+    print(f"ratio of the rest (set-up, training, embedding) packed / sequential {(p - ps) / max(s - ss, 1e-9):.3f}")
+    print(f"ratio packed / sequential {p / s:.3f}  target <= {TARGET} on 2 CPU cores: {'ok' if p / s <= TARGET else 'MISSED'}")
+    return 0
