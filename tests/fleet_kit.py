@@ -46,7 +46,7 @@ class Census:
 
 class Project:
     def __init__(self, root: Path, trial: dict, storage: str, tracking_uri: str | None = None,
-                 grid: dict | None = None, name: str = "faults", heartbeat: int = 1):
+                 grid: dict | None = None, name: str = "faults", heartbeat: int = 1, pack: str = "off"):
         self.root, self.name, self.grid = root, name, grid or GRID
         self.storage = storage
         self.tracking_uri = tracking_uri or f"sqlite:///{root}/mlruns/mlflow.db"
@@ -54,7 +54,7 @@ class Project:
                "storage": storage, "trial": trial}
         (root / "bench.yaml").write_text(yaml.safe_dump(cfg))
         (root / "g.yaml").write_text(yaml.safe_dump({"experiment": name, "kind": "grid", "grid": self.grid,
-                                                     "description": "fault-injection grid"}))
+                                                     "description": "fault-injection grid", "pack": pack}))
         self.env = {**os.environ, "BENCH_CONFIG": str(root / "bench.yaml"), "BENCH_HEARTBEAT": str(heartbeat),
                     "BENCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.env.pop("BENCH_FAULT", None)

@@ -64,7 +64,7 @@ def test_sigkill_on_postgresql_then_plain_rerun(tmp_path, tiny_trial, request, m
     fault_then_rerun(p, "before_trial:kill", monkeypatch)
 
 
-def in_process(storage: str, fault: str, tmp_path, tiny_trial, monkeypatch):
+def in_process(storage: str, fault: str, tmp_path, tiny_trial, monkeypatch, pack: str = "off"):
     """A project and its settings for running the grid in this process with ``fault``."""
     from bench.config import Settings
     from bench.studies import StudySpec
@@ -74,7 +74,7 @@ def in_process(storage: str, fault: str, tmp_path, tiny_trial, monkeypatch):
     p = Project(tmp_path, tiny_trial, storage)
     s = Settings(tracking_uri=p.tracking_uri, artifact_root=str(tmp_path / "mlruns" / "artifacts"),
                  storage=p.storage, trial=tiny_trial)
-    return p, s, StudySpec(experiment="faults", grid=p.grid)
+    return p, s, StudySpec(experiment="faults", grid=p.grid, pack=pack)
 
 
 def test_tracker_error_fails_one_trial_which_is_retried(tmp_path, tiny_trial, monkeypatch):
@@ -103,6 +103,28 @@ def test_ctrl_c_in_process_then_resume(tmp_path, tiny_trial, monkeypatch):
     assert c.exactly_once(), c.row()
 
 
+def test_sigkill_mid_epoch_in_a_pack_reruns_the_whole_pack(tmp_path, tiny_trial, monkeypatch):
+    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal", pack="auto")
+    c = fault_then_rerun(p, "mid_epoch:kill", monkeypatch)
+    assert c.run_statuses["KILLED"] == 4  # the four cells trained together died together
+
+
+def test_ctrl_c_in_a_pack_closes_every_run_of_the_pack(tmp_path, tiny_trial, monkeypatch):
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"sqlite:///{tmp_path}/optuna.db", "mid_epoch:int@2", tmp_path, tiny_trial, monkeypatch,
+                            pack="auto")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, s, progress=False)
+    c = p.census()
+    assert c.running == 0 and c.run_statuses == {"KILLED": 4} and c.states == {"FAIL": 4}
+    monkeypatch.delenv("BENCH_FAULT")
+    again = run_study(spec, s, progress=False)
+    assert (again.completed, again.skipped) == (4, 0)
+    c = p.census()
+    assert c.exactly_once(), c.row()
+
+
 # ------------------------------------------------------------------ the matrix (slow)
 
 STORAGES = ("journal", "sqlite", "postgres")
@@ -112,13 +134,16 @@ MATRIX = (
     + [("mid_epoch", "kill", st, 4) for st in STORAGES]
     + [("before_trial", "int", "journal", 3)]
 )
+MATRIX = [(*row, "off") for row in MATRIX] + [  # cells trained together: a fault hits a whole pack
+    (point, "kill", "sqlite", 2, "auto") for point in faults.POINTS] + [
+    ("mid_epoch", "term", "postgres", 2, "auto"), ("before_tell", "kill", "postgres", 3, "auto")]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point,action,storage,workers", MATRIX, ids=lambda v: str(v))
-def test_fault_matrix(point, action, storage, workers, tmp_path, tiny_trial, request, monkeypatch):
+@pytest.mark.parametrize("point,action,storage,workers,pack", MATRIX, ids=lambda v: str(v))
+def test_fault_matrix(point, action, storage, workers, pack, tmp_path, tiny_trial, request, monkeypatch):
     nth = random.Random(f"{point}{action}{storage}{workers}").randint(1, 2)  # which of its trials it dies in
-    p = Project(tmp_path, tiny_trial, storage_url(storage, tmp_path, request))
+    p = Project(tmp_path, tiny_trial, storage_url(storage, tmp_path, request), pack=pack)
     fault_then_rerun(p, f"{point}:{action}@{nth}", monkeypatch, workers)
 
 

@@ -96,23 +96,36 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
     assert len(child_runs(settings, "e2e")) == 4
 
 
-def test_nan_trial_fails_alone_and_resume_skips_it(stores, monkeypatch):
+@pytest.mark.parametrize("pack", ["off", "auto"])
+def test_nan_trial_fails_alone_and_resume_skips_it(stores, monkeypatch, pack):
+    import torch
 
     from bench.losses import ProxyAnchorLoss
+    from bench.packing.losses import StackedProxyAnchor
 
     settings, _ = stores
-    real = ProxyAnchorLoss.forward
+    real, real_stacked = ProxyAnchorLoss.forward, StackedProxyAnchor.forward
 
     def nan_at_alpha_16_delta_0(self, emb, labels, **kw):
         out = real(self, emb, labels, **kw)
         return out * float("nan") if (self.alpha, self.delta) == (16.0, 0.0) else out
 
+    def nan_in_the_cell_at_alpha_16_delta_0(self, emb, labels):
+        out = real_stacked(self, emb, labels)
+        bad = (self.hyper("alpha").flatten() == 16.0) & (self.hyper("delta").flatten() == 0.0)
+        return torch.where(bad, torch.nan, out)
+
     monkeypatch.setattr(ProxyAnchorLoss, "forward", nan_at_alpha_16_delta_0)
-    spec = StudySpec(experiment="nan", kind="grid", grid=GRID)
+    monkeypatch.setattr(StackedProxyAnchor, "forward", nan_in_the_cell_at_alpha_16_delta_0)
+    spec = StudySpec(experiment="nan", kind="grid", grid=GRID, pack=pack)
     out = run_study(spec, settings, progress=False)
     assert (out.completed, out.failed) == (3, 1)
 
     runs = child_runs(settings, "nan")
+    if pack == "auto":  # the four cells did train together
+        assert (runs["metrics.packed"] == 4).all(), runs.get("metrics.packed")
+    else:
+        assert "metrics.packed" not in runs
     failed = runs[runs.status == "FAILED"]
     assert len(failed) == 1 and (runs.status == "FINISHED").sum() == 3
     assert "loss became nan" in failed["tags.bench.failure_reason"].iloc[0]
@@ -266,7 +279,7 @@ def test_dead_local_worker_cell_is_rerun(stores):
 
 def test_study_resume_counts_pruned_trials(stores, monkeypatch):
     settings, _ = stores
-    spec = StudySpec(experiment="pr", kind="study", n_trials=3, sampler="random",
+    spec = StudySpec(experiment="pr", kind="study", n_trials=3, sampler="random", pack="off",
                      space={"loss.alpha": {"uniform": [8, 64]}})
     import bench.studies.runner as st
 
@@ -341,11 +354,12 @@ def test_what_the_mlflow_ui_shows(stores):
     assert run_study(spec, settings, progress=False).completed == 0  # resumes under the quoted name
 
 
-def test_pruned_trials_are_not_failures(stores, monkeypatch):
+@pytest.mark.parametrize("pack", ["off", "auto"])
+def test_pruned_trials_are_not_failures(stores, monkeypatch, pack):
     from mlflow import MlflowClient
 
     settings, _ = stores
-    spec = StudySpec(experiment="prune", kind="study", n_trials=7, sampler="random", pruner="median",
+    spec = StudySpec(experiment="prune", kind="study", n_trials=7, sampler="random", pruner="median", pack=pack,
                      space={"loss.alpha": {"log_uniform": [1, 256]}, "train.lr": {"log_uniform": [1e-5, 1e-1]}},
                      trial={"train": {"epochs": 4}})
     # Which trials the median rule prunes depends on the training curves; what is tested
@@ -359,6 +373,8 @@ def test_pruned_trials_are_not_failures(stores, monkeypatch):
     kids = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["bench.role"] == "trial"]
     pruned = [r for r in kids if r.data.tags["bench.outcome"] == "pruned"]
     assert out.pruned == 2 and len(pruned) == 2 and out.completed == 5
+    # packed: the seven trials were asked at once and trained together; pruned cells left the pack
+    assert {r.data.metrics.get("packed") for r in kids} == ({7.0} if pack == "auto" else {None})
     for r in pruned:
         assert r.info.status == "FINISHED" and "bench.failure_reason" not in r.data.tags
         assert int(r.data.tags["bench.pruned_at_epoch"]) >= 2 and float(r.data.tags["bench.pruned_value"]) >= 0

@@ -38,3 +38,16 @@ def test_stale_heartbeat_is_failed_and_requeued(tmp_path, monkeypatch):
     states = [x.state for x in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert study.trials[1].params == study.trials[0].params  # the retry: same params, queued
+
+
+def test_heartbeat_context_beats_for_an_asked_trial(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_HEARTBEAT", "1")
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db")
+    study = optuna.create_study(study_name="s", storage=storage)
+    t = study.ask()
+    with optuna_compat.heartbeat(t):
+        time.sleep(5.5)  # past the grace period: only the beats keep it alive
+        optuna_compat.fail_stale_trials(study)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+    with optuna_compat.heartbeat(optuna.create_study(storage=make_storage(f"journal:{tmp_path}/j")).ask()):
+        pass  # no heartbeats there: a no-op context

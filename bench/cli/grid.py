@@ -16,6 +16,9 @@ def register(sub) -> None:
         g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a trial key for every trial")
         g.add_argument("--retry-failed", action="store_true", help="re-run cells that failed before")
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
+        g.add_argument("--pack", choices=("auto", "off"), default=None,
+                       help="train same-shape head-only cells together (auto) or every trial alone (off); "
+                            "default: the file's pack: (auto)")
         add_store_options(g)
         add_threads_option(g)
         g.set_defaults(fn=lambda a, k=kind: run(a, k))
@@ -29,6 +32,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
     spec = load_spec(args.file)
     if spec.kind != kind:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
+    if getattr(args, "pack", None) is not None:
+        spec = spec.model_copy(update={"pack": args.pack})
     for k, v in parse_sets(args.set).items():  # applied last, over every variant's own trial settings
         set_dotted(spec.overrides, k, v)
     from bench.studies.spec import check_suite

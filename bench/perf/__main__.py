@@ -12,6 +12,7 @@ TARGETS = {
     "workers": "bench.perf.workers",
     "cli": "bench.perf.cli",
     "pack": "bench.perf.pack",
+    "grid": "bench.perf.grid",
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

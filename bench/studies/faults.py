@@ -37,19 +37,21 @@ def parse(text: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-def trial_started() -> None:
-    """Called by the runner when this process starts a trial (the ``@N`` count)."""
+def trial_started() -> int:
+    """Called by the runner when this process starts a trial (the ``@N`` count); returns N."""
     global _trials_started
     _trials_started += 1
+    return _trials_started
 
 
-def hit(point: str) -> None:
-    """Inject the fault configured for ``point`` in this trial, if any."""
+def hit(point: str, trial: int | None = None) -> None:
+    """Inject the fault configured for ``point`` in this process's ``trial``-th trial (default:
+    the one started last; trials trained together in a pack say which one they are), if any."""
     spec = os.environ.get("BENCH_FAULT")
     if not spec:
         return
     action, nth = parse(spec).get(point, (None, 0))
-    if action is None or nth != _trials_started:
+    if action is None or nth != (_trials_started if trial is None else trial):
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -60,3 +60,11 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def heartbeat(trial: optuna.Trial):
+    """A context that beats for ``trial`` while it runs outside ``optimize`` (a pack of
+    asked trials), as ``optimize`` does for its own; a no-op without heartbeats."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, trial.study._storage)

@@ -13,12 +13,14 @@ worker killed in between leaves a run that the next worker closes from the trial
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,7 @@ import optuna
 from bench import threads
 from bench.config import ConfigError, Settings, flatten, merge, resolve_trial
 from bench.studies.summary import selected_cell, state_counts
-from bench.studies import faults, recovery
+from bench.studies import faults, optuna_compat, recovery
 from bench.studies.cell_sampler import CellSampler
 from bench.studies.recovery import Board, cell_key, worker_id
 from bench.studies.spec import StudySpec, check_suite, preflight, validate_cells
@@ -41,6 +43,18 @@ __all__ = ["StudyOutcome", "make_storage", "run_study", "run_suite", "worker_id"
 ATTEMPTS_PER_RUN = 2
 #: Seconds between looks at cells other live workers hold.
 POLL_S = 1.0
+
+
+@dataclass
+class _Cell:
+    """One running trial of this worker: its Optuna trial, cell, config and MLflow run."""
+
+    trial: optuna.Trial
+    cell: dict[str, Any]
+    ordinal: int  # this process's n-th trial (fault injection counts by it)
+    cfg: Any = None
+    data_key: str = ""
+    run: Any = None
 
 
 @dataclass
@@ -122,15 +136,21 @@ def run_study(
         todo = Board.of(study, cells).todo(started if retry_failed else None)
         return [k for k in todo if attempts.get(k, 0) < ATTEMPTS_PER_RUN]
 
+    ordinals: dict[int, int] = {}  # trial number -> this process's n-th trial (fault injection)
+    pick = random.Random(f"{worker_id()}:{spec.name}")  # this worker's, not the trials' seeded one
+    want: set[str] = set()  # the cells of the pack being asked for (empty: any open cell)
+
     def next_cell(rng: random.Random) -> dict[str, Any]:
         todo = open_cells()
+        todo = [k for k in todo if k in want] or todo
         return by_key[rng.choice(todo)] if todo else rng.choice(cells)  # none: a duplicate, which yields
 
     if grid:
         sampler: optuna.samplers.BaseSampler = CellSampler(next_cell, store, seed=hash(worker_id()) % 2**32)
         pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     else:
-        sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.sampler == "tpe"
+        # constant_liar: trials asked together (a pack, other workers) are not drawn alike
+        sampler = (optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True) if spec.sampler == "tpe"
                    else optuna.samplers.RandomSampler(seed=spec.seed))
         pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
                   "hyperband": optuna.pruners.HyperbandPruner(),
@@ -173,8 +193,10 @@ def run_study(
                 return False
             time.sleep(POLL_S)
 
-    def objective(trial: optuna.Trial) -> float:
-        faults.trial_started()
+    def start(trial: optuna.Trial) -> _Cell:
+        """A trial's cell, config, data and MLflow run; raises what :func:`settle` made of
+        a failure (a duplicate cell yields, pruned)."""
+        ordinal = ordinals[trial.number] = faults.trial_started()
         threads.apply(threads_per_worker)  # the share changes as workers come and go
         trial.set_user_attr("worker", worker_id())
         if grid:
@@ -186,9 +208,44 @@ def run_study(
         else:
             cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
         attempts[cell_key(cell)] = attempts.get(cell_key(cell), 0) + 1
-        faults.hit("before_trial")
+        faults.hit("before_trial", ordinal)
+        c = _Cell(trial, cell, ordinal)
+        try:
+            c.cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
+            c.data_key = c.cfg.data.model_dump_json()
+            if c.data_key not in datasets:
+                datasets[c.data_key] = create_dataset(c.cfg.data, data_root or settings.data_root)
+            c.run = tracker.start_trial(parent, spec.name, trial.number, c.cfg.model_dump(mode="json"), cell,
+                                        worker_id())
+            if trial_tags:
+                c.run.set_tags(trial_tags)
+            trial.set_user_attr("mlflow_run_id", c.run.run_id)
+        except BaseException as e:
+            raise_settled(c, e)
+        return c
 
-        def fail(kind: str, reason: str, exc: BaseException | None = None):
+    def epoch_report(c: _Cell):
+        """The trial's per-epoch callback: curves to MLflow, and the pruner's say (searches)."""
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            c.run.log_epoch(epoch, metrics)
+            if epoch == 2:
+                faults.hit("mid_epoch", c.ordinal)
+            sel = metrics.get(f"{c.cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
+            if not grid and sel is not None:
+                c.trial.report(sel, epoch)
+                if c.trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (R@1 {sel:.4f})", epoch, sel)
+
+        return report
+
+    def settle(c: _Cell, e: BaseException) -> BaseException:
+        """What a trial that did not complete becomes: its run closed with the outcome,
+        the reason on the Optuna trial; returns the exception to raise (pruned: TrialPruned,
+        interrupted: the KeyboardInterrupt, failed: TrialFailed)."""
+        trial, run = c.trial, c.run
+
+        def fail(kind: str, reason: str) -> BaseException:
             trial.set_user_attr("failure_kind", kind)
             trial.set_user_attr("failure_reason", reason[:4000])
             if run is not None:
@@ -196,57 +253,157 @@ def run_study(
                     run.close({"error": "failed"}.get(kind, kind), reason)
                 except TrackingError:
                     pass  # the next worker closes it (recovery.close_orphan_runs)
-            if kind != "interrupted":
-                counts["failed"] += 1
-                return TrialFailed(reason)
-            return None
+            if kind == "interrupted":
+                return e
+            counts["failed"] += 1
+            return TrialFailed(reason)
 
-        run = None
+        if isinstance(e, optuna.TrialPruned):
+            reason = str(e.args[0]) if e.args else "pruned"
+            trial.set_user_attr("pruned_reason", reason)
+            if run is not None and len(e.args) == 3:
+                try:
+                    run.close("pruned", reason, tags={"bench.pruned_at_epoch": e.args[1],
+                                                      "bench.pruned_value": f"{e.args[2]:.6g}"})
+                except TrackingError:
+                    pass  # the next worker closes it
+            counts["pruned"] += 1
+            return optuna.TrialPruned(reason)
+        if isinstance(e, TrackingError):
+            return fail("tracker_error", f"tracking failed (the cell runs again): {e}")
+        if isinstance(e, KeyboardInterrupt):
+            return fail("interrupted", f"interrupted ({e or 'SIGINT'}); the cell runs again on the next run")
+        if isinstance(e, (ConfigError, TrialFailed)):  # a drawn value the preflight could not foresee; NaN
+            return fail("error", str(e))
+        if isinstance(e, Exception):  # any failure ends this trial only; the grid goes on
+            return fail("error", f"{type(e).__name__}: {e}")
+        return e  # SystemExit and the like: not a trial's outcome
+
+    def finish(c: _Cell, result) -> float:
+        """A trained trial's result, durable in MLflow before Optuna records it; its value."""
+        try:
+            c.run.log_result(result, fault_trial=c.ordinal)
+            faults.hit("before_tell", c.ordinal)
+        except BaseException as e:
+            raise_settled(c, e)
+        metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test_", "val_recall_at_1"))}
+        c.trial.set_user_attr("metrics", metrics)
+        c.trial.set_user_attr("test_recall_at_1", metrics["test_recall_at_1"])
+        counts["completed"] += 1
+        return float(result.metrics[f"{'test' if c.cfg.eval.select_on == 'test' else 'val'}_recall_at_1"])
+
+    def objective(trial: optuna.Trial) -> float:
+        c = start(trial)
+        try:
+            result = run_trial(c.cfg, dataset=datasets[c.data_key], callbacks=[epoch_report(c)],
+                               on_setup=c.run.log_setup)
+        except BaseException as e:
+            raise_settled(c, e)
+        return finish(c, result)
+
+    def raise_settled(c: _Cell, e: BaseException):
+        err = settle(c, e)
+        if err is e:
+            raise e
+        raise err from (None if isinstance(err, optuna.TrialPruned) else e)
+
+    def pack_round() -> None:
+        """Ask a pack of trials, train those whose work has the same shapes together
+        (:mod:`bench.packing`) and the rest alone, then tell each one how it ended."""
+        from bench.packing import pack_key, run_packed
+
+        if grid:  # one pack's worth of open cells of one shape for the sampler to hand out
+            todo = open_cells()
+            keys = {k: cell_pack_key(by_key[k]) for k in todo}
+            first = pick.choice(todo) if todo else None
+            want.clear()
+            want.update([first] if first is None or keys[first] is None
+                        else [k for k in todo if keys[k] == keys[first]])
+            room = len(want)
+        else:
+            trials = study.get_trials(deepcopy=False)
+            room = spec.n_trials - _finished(study, cells) - sum(t.state == TS.RUNNING for t in trials)
+        started: list[_Cell] = []
+        for n in range(max(1, min(spec.pack_size, room))):
+            if n == 1 and not grid and cell_pack_key(started[0].cell if started else None) is None:
+                break  # a search's first trial that cannot pack runs alone
+            with warnings.catch_warnings():  # "heartbeats are for optimize": this loop beats itself
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask()
+            try:
+                started.append(start(trial))
+            except optuna.TrialPruned:
+                record_end(study.tell(trial, state=TS.PRUNED))
+            except TrialFailed:
+                record_end(study.tell(trial, state=TS.FAIL))
+            except BaseException:
+                study.tell(trial, state=TS.FAIL)
+                for c in started:
+                    settle(c, KeyboardInterrupt("interrupted while a pack was being set up"))
+                    study.tell(c.trial, state=TS.FAIL)
+                raise
+            if grid and not set(open_cells()) & want:
+                break
+        groups: dict[str, list[_Cell]] = {}
+        for i, c in enumerate(started):
+            key = pack_key(c.cfg, datasets[c.data_key]) if spec.pack == "auto" else None
+            groups.setdefault(key or f"alone:{i}", []).append(c)
+        pending = list(started)
+        try:
+            with contextlib.ExitStack() as beats:
+                for c in started:
+                    beats.enter_context(optuna_compat.heartbeat(c.trial))
+                for group in groups.values():
+                    if len(group) == 1:
+                        c = group[0]
+                        try:
+                            outcomes: list = [run_trial(c.cfg, dataset=datasets[c.data_key],
+                                                        callbacks=[epoch_report(c)], on_setup=c.run.log_setup)]
+                        except (Exception, optuna.TrialPruned) as e:
+                            outcomes = [e]
+                    else:
+                        outcomes = run_packed([c.cfg for c in group], datasets[group[0].data_key],
+                                              [[epoch_report(c)] for c in group], [c.run.log_setup for c in group])
+                    for c, out in zip(group, outcomes):
+                        conclude(c, out)
+                        pending.remove(c)
+        except BaseException as e:  # Ctrl-C, SIGTERM: every trial of the pack not yet told runs again
+            for c in pending:
+                settle(c, e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt(str(e)))
+                study.tell(c.trial, state=TS.FAIL)
+            raise
+
+    def cell_pack_key(cell: dict[str, Any] | None) -> str | None:
+        """The pack a cell's trial would join (None: it runs alone)."""
+        from bench.packing import pack_key
+
+        if spec.pack != "auto" or cell is None:
+            return None
         try:
             cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
             key = cfg.data.model_dump_json()
             if key not in datasets:
-                datasets[key] = create_dataset(cfg.data, data_root or settings.data_root)
-            run = tracker.start_trial(parent, spec.name, trial.number, cfg.model_dump(mode="json"), cell, worker_id())
-            if trial_tags:
-                run.set_tags(trial_tags)
-            trial.set_user_attr("mlflow_run_id", run.run_id)
+                return None  # loaded by the trial itself
+            return pack_key(cfg, datasets[key])
+        except Exception:  # the trial itself says what is wrong with it
+            return None
 
-            def report(epoch: int, metrics: dict[str, float]) -> None:
-                run.log_epoch(epoch, metrics)
-                if epoch == 2:
-                    faults.hit("mid_epoch")
-                sel = metrics.get(f"{cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
-                if not grid and sel is not None:
-                    trial.report(sel, epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch} (R@1 {sel:.4f})", epoch, sel)
-
-            result = run_trial(cfg, dataset=datasets[key], callbacks=[report], on_setup=run.log_setup)
-            run.log_result(result)
-            faults.hit("before_tell")
-        except optuna.TrialPruned as e:
-            reason = str(e.args[0]) if e.args else "pruned"
-            trial.set_user_attr("pruned_reason", reason)
-            if run is not None and len(e.args) == 3:
-                run.close("pruned", reason, tags={"bench.pruned_at_epoch": e.args[1],
-                                                  "bench.pruned_value": f"{e.args[2]:.6g}"})
-            counts["pruned"] += 1
-            raise optuna.TrialPruned(reason) from None
-        except TrackingError as e:
-            raise fail("tracker_error", f"tracking failed (the cell runs again): {e}") from e
-        except KeyboardInterrupt as e:
-            fail("interrupted", f"interrupted ({e or 'SIGINT'}); the cell runs again on the next run")
-            raise
-        except ConfigError as e:  # a drawn value the preflight could not foresee
-            raise fail("error", str(e)) from e
-        except Exception as e:  # any failure ends this trial only; the grid goes on
-            raise fail("error", f"{type(e).__name__}: {e}") from e
-        metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test_", "val_recall_at_1"))}
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("test_recall_at_1", metrics["test_recall_at_1"])
-        counts["completed"] += 1
-        return float(result.metrics[f"{'test' if cfg.eval.select_on == 'test' else 'val'}_recall_at_1"])
+    def conclude(c: _Cell, out) -> None:
+        if isinstance(out, BaseException):
+            err = settle(c, out)
+            if err is out and not isinstance(out, (optuna.TrialPruned, Exception)):
+                raise out
+            ft = study.tell(c.trial, state=TS.PRUNED if isinstance(err, optuna.TrialPruned) else TS.FAIL)
+        else:
+            try:
+                value = finish(c, out)
+            except optuna.TrialPruned:
+                ft = study.tell(c.trial, state=TS.PRUNED)
+            except TrialFailed:
+                ft = study.tell(c.trial, state=TS.FAIL)
+            else:
+                ft = study.tell(c.trial, value)
+        record_end(ft)
 
     bar = None
     total = len(cells) if grid else spec.n_trials
@@ -255,25 +412,28 @@ def run_study(
 
         bar = tqdm(total=total, initial=min(already, total), desc=spec.name, unit="trial", dynamic_ncols=True)
 
-    def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+    def record_end(ft: optuna.trial.FrozenTrial) -> None:
+        """A recorded trial: its run closed (complete ones in the background), the bar moved."""
         if ft.state == TS.COMPLETE and "mlflow_run_id" in ft.user_attrs:
-            faults.hit("after_tell")
-            try:
-                from bench.tracking import close_run
-
-                close_run(tracker.client, ft.user_attrs["mlflow_run_id"], "complete")
-            except Exception:  # recorded in Optuna; the next worker closes the run
-                pass
+            faults.hit("after_tell", ordinals.get(ft.number))
+            tracker.close_later(ft.user_attrs["mlflow_run_id"], "complete")  # recorded in Optuna: a
+            # run this process cannot close any more is closed by the next worker
         if bar is not None and not recovery.is_duplicate(ft):
-            bar.n = min(_finished(st, cells), total)
+            bar.n = min(_finished(study, cells), total)
             bar.refresh()
+
+    def on_trial_end(st: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+        record_end(ft)
         if not work_left():
             st.stop()
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     interrupted = False
     try:
-        if work_left():
+        if spec.pack == "auto":
+            while work_left():
+                pack_round()
+        elif work_left():
             study.optimize(objective, catch=(TrialFailed,), callbacks=[on_trial_end])
     except KeyboardInterrupt:
         interrupted = True
@@ -322,6 +482,10 @@ def _summarise(study, tracker, parent: str, cells, interrupted: bool, counts: di
     The parent stays RUNNING while other workers still run trials; the last one closes it.
     """
     TS = optuna.trial.TrialState
+    try:
+        tracker.drain()  # the background closes of complete trials, before counting orphans
+    except Exception:
+        pass
     try:
         counts["repaired"] += recovery.close_orphan_runs(study, tracker)
     except Exception:

@@ -66,6 +66,11 @@ class StudySpec(BaseModel):
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
     variants: dict[str, Variant] = Field(default_factory=dict)
+    pack: Literal["auto", "off"] = Field(
+        "auto", description="auto: train cells whose work has the same shapes (head-only cells over the same "
+        "features) together as one program, the rest one by one; off: every trial alone")
+    pack_size: int = Field(32, ge=1, le=1024, description="most cells trained together (a search asks this many "
+                           "trials at once, the sampler's constant liar covering the pending ones)")
     repeat: RepeatSpec = Field(default_factory=RepeatSpec)
 
     @property
