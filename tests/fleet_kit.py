@@ -54,7 +54,8 @@ class Project:
                "storage": storage, "trial": trial}
         (root / "bench.yaml").write_text(yaml.safe_dump(cfg))
         (root / "g.yaml").write_text(yaml.safe_dump({"experiment": name, "kind": "grid", "grid": self.grid,
-                                                     "description": "fault-injection grid", "pack": pack}))
+                                                     "description": "fault-injection grid", "pack": pack,
+                                                     **({"pack_size": 2} if pack == "auto" else {})}))
         self.env = {**os.environ, "BENCH_CONFIG": str(root / "bench.yaml"), "BENCH_HEARTBEAT": str(heartbeat),
                     "BENCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.env.pop("BENCH_FAULT", None)
