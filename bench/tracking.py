@@ -283,10 +283,10 @@ class Tracker:
         return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
 
     @_guarded
-    def end_parent(self, run_id: str, summary: dict[str, float], status: str = "FINISHED",
+    def end_parent(self, run_id: str, summary: dict[str, float], status: str | None = "FINISHED",
                    tags: dict[str, str] | None = None) -> None:
         """The study's summary on its parent run (metrics at step 0, replacing earlier
-        values), then its status."""
+        values), then its status; ``None`` leaves it RUNNING (other workers go on)."""
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
@@ -294,7 +294,8 @@ class Tracker:
         tag_list = [RunTag(k, mask_url(v)) for k, v in (tags or {}).items()]
         if metrics or tag_list:
             self.client.log_batch(run_id, metrics=metrics, tags=tag_list)
-        self.client.set_terminated(run_id, status=status)
+        if status is not None:
+            self.client.set_terminated(run_id, status=status)
 
     @_guarded
     def start_trial(

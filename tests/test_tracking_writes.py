@@ -67,3 +67,12 @@ def test_a_pruned_run_keeps_its_curves_and_a_failed_background_write_fails_its_t
     bad.log_epoch(1, {"epoch": 1, "val_recall_at_1": 0.2})
     with pytest.raises(TrackingError, match="disk full"):
         bad.log_result(TrialResult(metrics={"test_recall_at_1": 0.1}, best_epoch=1))
+
+
+def test_a_worker_that_finishes_while_others_run_leaves_the_parent_running(tracker):
+    parent = tracker.parent_run("s", "grid", {"grid": {}})
+    tracker.end_parent(parent, {"trials_complete": 1}, status=None)  # others still run trials
+    run = tracker.client.get_run(parent)
+    assert run.info.status == "RUNNING" and run.data.metrics["trials_complete"] == 1
+    tracker.end_parent(parent, {"trials_complete": 2})  # the last one
+    assert tracker.client.get_run(parent).info.status == "FINISHED"
