@@ -27,6 +27,7 @@ from bench.data import RetrievalDataset
 from bench.inputs import FeatureBatches, create_inputs, split_metrics
 from bench.inputs.features import EMBED_CHUNK
 from bench.losses import build_loss
+from bench.metrics.parallel import each
 from bench.models import create_model
 from bench.packing.heads import StackedHeads
 from bench.packing.key import pack_key
@@ -229,12 +230,19 @@ def _epochs(cfg: TrialConfig, pack: Pack, cells: list[_Cell], inputs, ks, leave,
 
 
 def _evaluate(pack: Pack, inputs, name: str, ks: list[int]) -> list[dict[str, float]]:
-    """Split ``name``'s metrics of every cell: one batched forward, then one search per cell."""
+    """Split ``name``'s metrics of every cell: one batched forward, then one search per cell
+    (on the CPU, the cells' searches run side by side, one per core)."""
     split = inputs.split(name)
     query = pack.embed(inputs.tensor(split))
     gallery = pack.embed(inputs.tensor(split.gallery)) if split.gallery is not None else None
-    return [split_metrics(split, query[c].float(), None if gallery is None else gallery[c].float(), ks)
-            for c in range(pack.cells)]
+    out: list[dict[str, float]] = [{} for _ in range(pack.cells)]
+
+    def one(c: int) -> None:
+        out[c] = split_metrics(split, query[c].float(), None if gallery is None else gallery[c].float(), ks)
+
+    # The cells' searches are independent and small: one per core, each on one thread.
+    each(one, [(c,) for c in range(pack.cells)], torch.get_num_threads() if query.device.type == "cpu" else 1)
+    return out
 
 
 def _final(pack: Pack, cells: list[_Cell], inputs, ks, outcomes, device, fingerprint: str, t0: float) -> None:
