@@ -55,6 +55,15 @@ def register_worker() -> None:
     atexit.register(_unregister, _registered)
 
 
+def idle() -> None:
+    """Stop counting this worker while it only waits for cells that others hold, so their
+    next :func:`apply` takes its cores; its own next :func:`apply` counts it again."""
+    global _registered
+    if _registered is not None:
+        _unregister(_registered)
+        _registered = None
+
+
 def _unregister(path: Path) -> None:
     path.unlink(missing_ok=True)
 

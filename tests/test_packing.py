@@ -271,3 +271,33 @@ def test_select_on_test_and_cells_without_a_shared_key(tiny_trial, ds):
     assert any(k.startswith("test_") for k in out[1].history[0])
     with pytest.raises(ValueError, match="pack_key"):
         run_packed([cfgs[0], cell(tiny_trial)], ds, [[], []], [None, None])
+
+
+def test_packed_evaluation_leaves_the_thread_count_as_it_found_it(monkeypatch):
+    import torch
+
+    from bench.packing import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "split_metrics", lambda *a, **k: seen.append(1) or {"recall_at_1": 0.0})
+
+    class FakePack:
+        cells = 3
+
+        def embed(self, x):
+            return torch.zeros(3, len(x), 4)
+
+    class FakeInputs:
+        def split(self, name):
+            return type("S", (), {"gallery": None})()
+
+        def tensor(self, split):
+            return torch.zeros(5, 2)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert trainer._evaluate(FakePack(), FakeInputs(), "val", [1]) == [{"recall_at_1": 0.0}] * 3
+        assert len(seen) == 3 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -26,3 +26,20 @@ def test_budget_shares_cores_among_live_workers(monkeypatch, tmp_path):
     assert threads.budget() == 8 and threads.budget(3) == 3
     monkeypatch.setenv("BENCH_THREADS", "1")
     assert threads.budget() == 1
+
+
+def test_an_idle_worker_gives_its_cores_back_until_it_works_again(monkeypatch, tmp_path):
+    monkeypatch.setattr(threads.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(threads, "_registered", None)
+    monkeypatch.delenv("BENCH_THREADS", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 8)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (threads._registry() / str(other.pid)).touch()  # another worker, training
+        assert threads.apply() == 4  # this one counts too
+        threads.idle()  # this one now only waits
+        assert threads.live_workers() == 1  # the other's next apply() takes all 8
+        assert threads.apply() == 4  # working again
+    finally:
+        other.kill()
+        other.wait()

@@ -27,7 +27,7 @@ from bench.data import RetrievalDataset
 from bench.inputs import FeatureBatches, create_inputs, split_metrics
 from bench.inputs.features import EMBED_CHUNK
 from bench.losses import build_loss
-from bench.metrics.parallel import each
+from bench.metrics.parallel import each, threads
 from bench.models import create_model
 from bench.packing.heads import StackedHeads
 from bench.packing.key import pack_key
@@ -241,7 +241,9 @@ def _evaluate(pack: Pack, inputs, name: str, ks: list[int]) -> list[dict[str, fl
         out[c] = split_metrics(split, query[c].float(), None if gallery is None else gallery[c].float(), ks)
 
     # The cells' searches are independent and small: one per core, each on one thread.
-    each(one, [(c,) for c in range(pack.cells)], torch.get_num_threads() if query.device.type == "cpu" else 1)
+    workers = torch.get_num_threads() if query.device.type == "cpu" else 1
+    with threads(1):  # each worker thread sets the process-wide count to 1: restored after
+        each(one, [(c,) for c in range(pack.cells)], workers)
     return out
 
 

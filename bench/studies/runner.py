@@ -191,6 +191,7 @@ def run_study(
                 held = [t for t in trials if t.state == TS.RUNNING]
             if not any(recovery.can_watch(t, store) for t in held):
                 return False
+            threads.idle()  # waiting: the workers that train take this one's cores
             time.sleep(POLL_S)
 
     def start(trial: optuna.Trial) -> _Cell:
@@ -228,6 +229,7 @@ def run_study(
         """The trial's per-epoch callback: curves to MLflow, and the pruner's say (searches)."""
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
+            threads.apply(threads_per_worker)  # cores freed by workers that went idle or exited
             c.run.log_epoch(epoch, metrics)
             if epoch == 2:
                 faults.hit("mid_epoch", c.ordinal)
