@@ -373,8 +373,9 @@ def test_pruned_trials_are_not_failures(stores, monkeypatch, pack):
     kids = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["bench.role"] == "trial"]
     pruned = [r for r in kids if r.data.tags["bench.outcome"] == "pruned"]
     assert out.pruned == 2 and len(pruned) == 2 and out.completed == 5
-    # packed: the seven trials were asked at once and trained together; pruned cells left the pack
-    assert {r.data.metrics.get("packed") for r in kids} == ({7.0} if pack == "auto" else {None})
+    # packed: a search asks a quarter of its trials at once (packs of 2, 2, 2 and a last one
+    # alone), so the sampler sees earlier results; pruned cells left their pack
+    assert sorted(r.data.metrics.get("packed", 1) for r in kids) == ([1, 2, 2, 2, 2, 2, 2] if pack == "auto" else [1] * 7)
     for r in pruned:
         assert r.info.status == "FINISHED" and "bench.failure_reason" not in r.data.tags
         assert int(r.data.tags["bench.pruned_at_epoch"]) >= 2 and float(r.data.tags["bench.pruned_value"]) >= 0

@@ -41,6 +41,9 @@ __all__ = ["StudyOutcome", "make_storage", "run_study", "run_suite", "worker_id"
 #: Attempts one worker makes at a cell whose trials keep dying for non-training reasons
 #: (tracking errors): the first, and one retry; after that the cell waits for a rerun.
 ATTEMPTS_PER_RUN = 2
+#: A search packs at most 1/SEARCH_ROUNDS of its trials at once, so that its sampler sees
+#: the results of earlier packs (all trials asked at once would be a random search).
+SEARCH_ROUNDS = 4
 #: Seconds between looks at cells other live workers hold.
 POLL_S = 1.0
 
@@ -325,6 +328,7 @@ def run_study(
         else:
             trials = study.get_trials(deepcopy=False)
             room = spec.n_trials - _finished(study, cells) - sum(t.state == TS.RUNNING for t in trials)
+            room = min(room, -(-spec.n_trials // SEARCH_ROUNDS))  # the sampler learns between packs
         started: list[_Cell] = []
         for n in range(max(1, min(spec.pack_size, room))):
             if n == 1 and not grid and cell_pack_key(started[0].cell if started else None) is None:

@@ -70,7 +70,8 @@ class StudySpec(BaseModel):
         "auto", description="auto: train cells whose work has the same shapes (head-only cells over the same "
         "features) together as one program, the rest one by one; off: every trial alone")
     pack_size: int = Field(32, ge=1, le=1024, description="most cells trained together (a search asks this many "
-                           "trials at once, the sampler's constant liar covering the pending ones)")
+                           "trials at once, at most a quarter of n_trials, the sampler's constant liar "
+                           "covering the pending ones)")
     repeat: RepeatSpec = Field(default_factory=RepeatSpec)
 
     @property
