@@ -142,7 +142,7 @@ def _str_params(flat: dict[str, Any]) -> dict[str, str]:
 def store_init_lock(uri: str):
     """Serialise the first open of a local SQLite store across processes.
 
-    MLflow creates and migrates the schema on first use; two workers doing that at once
+    MLflow and Optuna create and migrate their schema on first use; two workers doing that at once
     fail ("table ... already exists", "duplicate column name"). A file lock next to the
     database makes the second wait until the first has finished; other stores need none.
     """

@@ -100,8 +100,11 @@ def make_storage(url: str, *, create: bool = True) -> "optuna.storages.BaseStora
     engine_kwargs: dict = {"pool_pre_ping": True}  # a server restart costs one reconnect, not the worker
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": float(os.environ.get("BENCH_SQLITE_TIMEOUT", 10))}}  # wait for a busy writer
+    from bench.tracking import store_init_lock
+
     for attempt in range(5):
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and relied on
+        # a new SQLite file's tables are made by one process at a time (a file lock next to it)
+        with warnings.catch_warnings(), store_init_lock(url):  # heartbeats: "experimental" in Optuna 5, relied on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
                 return RDBStorage(
@@ -116,7 +119,7 @@ def make_storage(url: str, *, create: bool = True) -> "optuna.storages.BaseStora
             except Exception as e:  # SQLAlchemy/driver errors: say which store and what to do
                 # Workers starting together on a new database race to create its tables;
                 # the losers find them on the next attempt.
-                racing = any(w in str(e).lower() for w in ("already exists", "duplicate key"))
+                racing = any(w in str(e).lower() for w in ("already exists", "duplicate key", "unique constraint"))
                 if not racing or attempt == 4:
                     raise explain("--storage", url, e) from None
                 time.sleep(0.5 * (attempt + 1))
