@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,29 @@ class Project:
         return subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def run(self, faults: list[str | None], timeout: float = 600) -> list[tuple[int, str]]:
-        """Start one worker per entry of ``faults`` at once; wait for all; (returncode, output)."""
-        procs = [self.start(f) for f in faults]
+        """Start one worker per entry of ``faults``; wait for all; (returncode, output). The
+        others start once the first holds a trial, so that the first (the faulty one, in the
+        fault tests) is never left without a cell by faster workers."""
+        procs = [self.start(faults[0])]
+        if len(faults) > 1:
+            self._wait_for_a_trial_of(procs[0])
+        procs += [self.start(f) for f in faults[1:]]
         return [(p.wait(timeout=timeout), p.communicate()[0].decode(errors="replace")) for p in procs]
+
+    def _wait_for_a_trial_of(self, proc: subprocess.Popen, timeout: float = 120) -> None:
+        import optuna
+
+        from bench.studies.storage import make_storage
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                study = optuna.load_study(study_name=self.name, storage=make_storage(self.storage, create=False))
+                if any(str(t.user_attrs.get("worker", "")).endswith(f":{proc.pid}") for t in study.get_trials()):
+                    return
+            except Exception:  # not created yet
+                pass
+            time.sleep(0.2)
 
     def rerun_in_process(self, monkeypatch) -> None:
         """The plain rerun, in this process (same code path as ``bench grid g.yaml``,
