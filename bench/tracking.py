@@ -371,8 +371,8 @@ class TrialRun:
             if chunk or (tags and i == 0):
                 self.client.log_batch(self.run_id, metrics=chunk, tags=tags if i == 0 else [])
 
-    @_guarded
     def set_tags(self, tags: dict[str, Any]) -> None:
+        """Buffered with the run's other writes."""
         from mlflow.entities import RunTag
 
         self._tags += [RunTag(k, mask_url(v)) for k, v in tags.items()]

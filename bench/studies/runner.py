@@ -297,11 +297,13 @@ def run_study(
         counts["completed"] += 1
         return float(result.metrics[f"{'test' if c.cfg.eval.select_on == 'test' else 'val'}_recall_at_1"])
 
+    def train_alone(c: _Cell):
+        return run_trial(c.cfg, dataset=datasets[c.data_key], callbacks=[epoch_report(c)], on_setup=c.run.log_setup)
+
     def objective(trial: optuna.Trial) -> float:
         c = start(trial)
         try:
-            result = run_trial(c.cfg, dataset=datasets[c.data_key], callbacks=[epoch_report(c)],
-                               on_setup=c.run.log_setup)
+            result = train_alone(c)
         except BaseException as e:
             raise_settled(c, e)
         return finish(c, result)
@@ -363,8 +365,7 @@ def run_study(
                     if len(group) == 1:
                         c = group[0]
                         try:
-                            outcomes: list = [run_trial(c.cfg, dataset=datasets[c.data_key],
-                                                        callbacks=[epoch_report(c)], on_setup=c.run.log_setup)]
+                            outcomes: list = [train_alone(c)]
                         except (Exception, optuna.TrialPruned) as e:
                             outcomes = [e]
                     else:
