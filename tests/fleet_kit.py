@@ -45,6 +45,12 @@ class Census:
                 "running_left": self.running, "states": dict(self.states), "runs": dict(self.run_statuses)}
 
 
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python installs its KeyboardInterrupt handler
+
+
 class Project:
     def __init__(self, root: Path, trial: dict, storage: str, tracking_uri: str | None = None,
                  grid: dict | None = None, name: str = "faults", heartbeat: int = 1, pack: str = "off"):
@@ -65,7 +71,10 @@ class Project:
     def start(self, fault: str | None = None, extra: list[str] | None = None) -> subprocess.Popen:
         env = dict(self.env, **({"BENCH_FAULT": fault} if fault else {}))
         cmd = [sys.executable, "-m", "bench", "grid", "g.yaml", "--no-progress", *(extra or [])]
-        return subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # A worker takes Ctrl-C as a terminal would give it, also when this test run was
+        # started in the background (where SIGINT is inherited as ignored).
+        return subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=_default_sigint)
 
     def run(self, faults: list[str | None], timeout: float = 600) -> list[tuple[int, str]]:
         """Start one worker per entry of ``faults``; wait for all; (returncode, output). The
