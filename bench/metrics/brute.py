@@ -60,13 +60,15 @@ def _counts(q_labels: Tensor, r_labels: Tensor, self_search: bool) -> Tensor:
 def _top_by_value_then_index(s: Tensor, d: int) -> Tensor:
     """Column indices of each row's ``d`` largest values, descending, equal values by
     ascending index (``topk`` alone orders ties arbitrarily and may cut a tie the wrong way)."""
-    v, idx = s.topk(d, dim=1)
+    extra = int(d < s.shape[1])  # one more than asked: a tie across the cut shows as equal values
+    v, idx = s.topk(d + extra, dim=1)
+    cut = v[:, d - 1] == v[:, d] if extra else torch.zeros(len(s), dtype=torch.bool, device=s.device)
+    v, idx = v[:, :d], idx[:, :d]
     o = idx.argsort(dim=1)
     v, idx = v.gather(1, o), idx.gather(1, o)
     o = (-v).argsort(dim=1, stable=True)
     v, idx = v.gather(1, o), idx.gather(1, o)
-    cut = (s >= v[:, -1:]).sum(1) > d  # a tie at the cut: which of the tied made it is up to topk
-    if bool(cut.any()):
+    if bool(cut.any()):  # a tie at the cut: which of the tied made it is up to topk
         rows = cut.nonzero().squeeze(1)
         idx[rows] = (-s[rows]).argsort(dim=1, stable=True)[:, :d]
     return idx
