@@ -13,10 +13,11 @@ params and the selected cell's numbers as metrics; each child run is named after
 failed, interrupted, worker_died). Any failing tracking call raises
 :class:`TrackingError`, which fails that trial only.
 
-Writes keep out of training's way (:mod:`bench.write_behind`): a trial's params and
-config file go to a background writer, its per-epoch curves are buffered and written
-every :data:`FLUSH_S` seconds in the background, and its final metrics, with whatever
-curves are still buffered, are one synchronous batch before the study records the trial.
+Writes keep out of training's way (:mod:`bench.write_behind`): a trial's run is created
+and its params and config file written by a background writer; its per-epoch curves are
+buffered and written every :data:`FLUSH_S` seconds and after its last epoch; its final
+metrics are queued as soon as it has them (:meth:`TrialRun.write_result`) and the study
+waits for them to land (:meth:`TrialRun.wait_result`) before it records the trial.
 """
 
 from __future__ import annotations
@@ -312,20 +313,28 @@ class Tracker:
         if parent_id:
             tags[PARENT_TAG] = parent_id
         tags.update(self._env_tags())
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
-        run_id = run.info.run_id
+        from concurrent.futures import Future
+
         from bench.config import flatten
 
-        params = [Param(k, v) for k, v in _str_params(flatten(config)).items()]
-        text = yaml.safe_dump(config, sort_keys=False)
+        ident: Future = Future()
 
-        def write() -> None:
+        def create() -> None:
+            try:
+                run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+            except BaseException as e:
+                ident.set_exception(e)
+                raise
+            ident.set_result(run_id)
+            params = [Param(k, v) for k, v in _str_params(flatten(config)).items()]
+            text = yaml.safe_dump(config, sort_keys=False)
             for i in range(0, len(params), MAX_PARAMS):
                 self.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
             self.client.log_text(run_id, text, "config.yaml")
 
-        self.writes.submit(run_id, write)
-        return TrialRun(self.client, run_id, self.writes)
+        key = f"trial:{study}:{number}:{id(ident)}"
+        self.writes.submit(key, create)
+        return TrialRun(self.client, ident, self.writes, key=key)
 
     def close_later(self, run_id: str, outcome: str) -> None:
         """Close a run in the background (a complete trial whose metrics are already written)."""
@@ -347,18 +356,34 @@ class TrialRun:
     """One trial's child run: per-epoch metrics, final metrics, artifacts, how it ended.
 
     Setup values and curves are buffered here and reach the store in the background every
-    :data:`FLUSH_S` seconds, and synchronously with the final metrics or when the run
-    closes other than complete; see the module docstring.
+    :data:`FLUSH_S` seconds, after the last epoch and with the final metrics; a run that
+    closes other than complete writes them before closing. ``run_id`` waits for the
+    background writer to have created the run; see the module docstring.
     """
 
-    def __init__(self, client, run_id: str, writes=None):
+    def __init__(self, client, run_id, writes=None, key: str | None = None):
         from bench.write_behind import WriteBehind
 
-        self.client, self.run_id = client, run_id
+        self.client, self._run_id = client, run_id  # an id, or the Future of one being created
+        self.key = key or str(run_id)  # its writes' key in the background writer
         self.writes = writes if writes is not None else WriteBehind()
         self._metrics: list = []
         self._tags: list = []
         self._flushed = time.monotonic()
+        self._queued = None  # the result write_result() has queued
+        self._rows: list[dict[str, float]] = []  # the evaluated epochs, for history.csv
+        self._history = False  # history.csv queued
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id; waits for the background writer to have created the run
+        (:meth:`Tracker.start_trial` returns before it has)."""
+        if not isinstance(self._run_id, str):
+            try:
+                self._run_id = self._run_id.result()
+            except Exception as e:
+                raise TrackingError(mask_url(f"create_run: {type(e).__name__}: {e}")) from e
+        return self._run_id
 
     def _take(self) -> tuple[list, list]:
         metrics, tags, self._metrics, self._tags = self._metrics, self._tags, [], []
@@ -387,10 +412,11 @@ class TrialRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        self._rows.append(dict(metrics))
         self._metrics += [Metric(f"{CURVE}{k}", float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
         if time.monotonic() - self._flushed >= FLUSH_S:
             metrics_, tags = self._take()
-            self.writes.submit(self.run_id, lambda: self._write(metrics_, tags))
+            self.writes.submit(self.key, lambda: self._write(metrics_, tags))
 
     def log_setup(self, info: dict[str, Any]) -> None:
         """Called once the trial knows its device and data; phase-1 metrics land here too."""
@@ -407,30 +433,63 @@ class TrialRun:
     @_guarded
     def flush(self) -> None:
         """Everything queued or buffered for this run, in the store now."""
-        self.writes.wait_for(self.run_id)
+        self.writes.wait_for(self.key)
         self._write(*self._take())
 
-    @_guarded
-    def log_result(self, result, fault_trial: int | None = None) -> None:
-        """The trial's final metrics (at the selected epoch) and its buffered curves, written
-        before returning (``history.csv``, their copy as a table, follows in the background);
-        the run stays open until the study has recorded the trial (:meth:`close`)."""
+    def flush_later(self) -> None:
+        """What is buffered, to the background writer now."""
+        if self._metrics or self._tags:
+            metrics, tags = self._take()
+            self.writes.submit(self.key, lambda: self._write(metrics, tags))
+
+    def epochs_done(self) -> None:
+        """After the trial's last epoch: its curves and ``history.csv`` go to the background
+        writer now, and are written while the test split is evaluated."""
+        self.flush_later()
+        self._write_history(self._rows)
+
+    def _write_history(self, rows: list[dict[str, float]]) -> None:
+        """``history.csv``: the curves as a table, one row per evaluated epoch (background)."""
+        if not rows or self._history:
+            return
+        self._history = True
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        buf = io.StringIO()
+        buf.write(",".join(keys) + "\n")
+        for row in rows:
+            buf.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
+        self.writes.submit(self.key, lambda: self.client.log_text(self.run_id, buf.getvalue(), "history.csv"))
+
+    def write_result(self, result) -> None:
+        """Queue the trial's final metrics (at the selected epoch) with whatever is still
+        buffered; :meth:`wait_result` makes them durable. A pack queues all its cells' results
+        first, so the writer writes one while the study records another."""
         from mlflow.entities import Metric
 
-        from bench.studies import faults
-
+        if self._queued is result:
+            return
         now = int(time.time() * 1000)
         self._metrics += [Metric(k, float(v), now, result.best_epoch) for k, v in result.metrics.items()]
         self._metrics.append(Metric("trial_seconds", float(result.seconds), now, 0))
-        self.flush()
+        self._queued = result
+        self.flush_later()
+
+    @_guarded
+    def wait_result(self, result, fault_trial: int | None = None) -> None:
+        """Return once :meth:`write_result`'s write has landed (raise if it failed);
+        ``history.csv``, a copy of the curves as a table, follows in the background."""
+        from bench.studies import faults
+
+        self.write_result(result)
+        self.writes.wait_for(self.key)
         faults.hit("logging", fault_trial)
-        if result.history:  # a copy of the curves just written: in the background
-            keys = list(dict.fromkeys(k for row in result.history for k in row))
-            buf = io.StringIO()
-            buf.write(",".join(keys) + "\n")
-            for row in result.history:
-                buf.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
-            self.writes.submit(self.run_id, lambda: self.client.log_text(self.run_id, buf.getvalue(), "history.csv"))
+        self._write_history(result.history)
+
+    def log_result(self, result, fault_trial: int | None = None) -> None:
+        """The trial's final metrics and its buffered curves, written before returning; the
+        run stays open until the study has recorded the trial (:meth:`close`)."""
+        self.write_result(result)
+        self.wait_result(result, fault_trial)
 
     def finish(self, result) -> None:
         """Log the result and close the run as FINISHED (a trial outside any study)."""

@@ -1,11 +1,11 @@
 """Tracking writes the training loop does not wait for.
 
 A grid's trials are short and a tracking store round trip is not (a few milliseconds per
-SQLite or HTTP call), so a trial's bookkeeping writes (its params and config file, its
-per-epoch curves, closing a run whose trial Optuna has already recorded) go to one
-background thread, in order, while training goes on. Writes that must be durable before
-a trial counts as done (its final metrics) are made by the caller after :meth:`wait_for`
-has confirmed that everything it queued for that run has landed; so a process that dies
+SQLite or HTTP call), so a trial's writes (creating its run, its params and config file,
+its per-epoch curves, its final metrics, closing a run whose trial Optuna has already
+recorded) go to one background thread, in order, while training goes on. Before a trial
+counts as done, the caller waits (:meth:`wait_for`) until everything it queued for that
+run, its final metrics included, has landed; so a process that dies
 loses at most the curves of trials that had not finished, which rerun anyway.
 
 Why not MLflow's own ``synchronous=False``: it returns futures per call but offers no

@@ -9,6 +9,7 @@ actions x storages (journal, SQLite, PostgreSQL) x 1-4 workers.
 from __future__ import annotations
 
 import random
+import signal
 
 import pytest
 
@@ -64,6 +65,15 @@ def test_sigkill_on_postgresql_then_plain_rerun(tmp_path, tiny_trial, request, m
     fault_then_rerun(p, "before_trial:kill", monkeypatch)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process also when pytest was started in the
+    background, where SIGINT is inherited as ignored (workers: ``fleet_kit``)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def in_process(storage: str, fault: str, tmp_path, tiny_trial, monkeypatch, pack: str = "off"):
     """A project and its settings for running the grid in this process with ``fault``."""
     from bench.config import Settings
@@ -86,6 +96,35 @@ def test_tracker_error_fails_one_trial_which_is_retried(tmp_path, tiny_trial, mo
     c = p.census()
     assert c.exactly_once(), c.row()
     assert c.run_statuses == {"FINISHED": 4, "FAILED": 1}
+
+
+@pytest.mark.parametrize("pack", ["off", "auto"])
+def test_a_run_the_store_could_not_create_fails_one_trial_which_is_retried(tmp_path, tiny_trial, monkeypatch, pack):
+    """MLflow runs are created in the background: a creation that fails fails that trial only."""
+    from mlflow import MlflowClient
+
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"sqlite:///{tmp_path}/optuna.db", "", tmp_path, tiny_trial, monkeypatch, pack=pack)
+    real, calls = MlflowClient.create_run, []
+
+    def create_run(self, *a, **k):
+        calls.append(k.get("run_name"))
+        if len(calls) == 3:  # the parent, then the second trial's run
+            raise OSError("database is locked")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    out = run_study(spec, s, progress=False)
+    assert (out.completed, out.failed) == (4, 1)
+    import optuna
+
+    failed = [t for t in optuna.load_study(study_name=p.name, storage=p.storage).trials if t.state.name == "FAIL"]
+    assert [t.user_attrs["failure_kind"] for t in failed] == ["tracker_error"]
+    assert "database is locked" in failed[0].user_attrs["failure_reason"]
+    c = p.census()
+    assert c.exactly_once(), c.row()
+    assert c.run_statuses == {"FINISHED": 4}  # the run that was never created is nowhere
 
 
 def test_ctrl_c_in_process_then_resume(tmp_path, tiny_trial, monkeypatch):

@@ -76,3 +76,37 @@ def test_a_worker_that_finishes_while_others_run_leaves_the_parent_running(track
     assert run.info.status == "RUNNING" and run.data.metrics["trials_complete"] == 1
     tracker.end_parent(parent, {"trials_complete": 2})  # the last one
     assert tracker.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_run_is_created_in_the_background_and_a_failed_creation_fails_only_its_trial(tracker, monkeypatch):
+    gate, real = threading.Event(), tracker.client.create_run
+    monkeypatch.setattr(tracker.client, "create_run", lambda *a, **k: (gate.wait(), real(*a, **k))[1])
+    run = tracker.start_trial(None, "s", 3, {"eval": {"select_on": "val"}}, {"loss.alpha": 4})  # returns at once
+    assert not gate.is_set() and not isinstance(run._run_id, str)
+    gate.set()
+    assert tracker.client.get_run(run.run_id).data.tags["bench.trial_number"] == "3"  # waits for it
+    monkeypatch.setattr(tracker.client, "create_run", lambda *a, **k: (_ for _ in ()).throw(OSError("server gone")))
+    bad = tracker.start_trial(None, "s", 4, {"eval": {"select_on": "val"}}, {"loss.alpha": 2})
+    bad.log_epoch(1, {"epoch": 1, "val_recall_at_1": 0.2})
+    with pytest.raises(TrackingError, match="server gone"):
+        bad.run_id
+    with pytest.raises(TrackingError, match="server gone"):
+        bad.log_result(TrialResult(metrics={"test_recall_at_1": 0.1}, best_epoch=1))
+
+
+def test_history_written_after_the_last_epoch_is_the_results_history(tracker, tmp_path):
+    import csv
+
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_recall_at_1": 0.1 * e} for e in (1, 2, 3)]
+    run = tracker.start_trial(None, "s", 5, {"eval": {"select_on": "val"}}, {"loss.alpha": 8})
+    for row in rows:
+        run.log_epoch(row["epoch"], row)
+    run.epochs_done()  # curves and history.csv queued while the test split is evaluated
+    tracker.drain()
+    assert len(tracker.client.get_metric_history(run.run_id, "curve/val_recall_at_1")) == 3
+    run.log_result(TrialResult(metrics={"test_recall_at_1": 0.4}, history=rows, best_epoch=3))
+    tracker.drain()
+    path = tracker.client.download_artifacts(run.run_id, "history.csv", str(tmp_path))
+    with open(path) as fh:
+        got = list(csv.DictReader(fh))
+    assert [{k: float(v) for k, v in r.items()} for r in got] == rows

@@ -58,6 +58,7 @@ class _Cell:
     cfg: Any = None
     data_key: str = ""
     run: Any = None
+    linked: bool = False  # the Optuna trial names the MLflow run
 
 
 @dataclass
@@ -141,11 +142,15 @@ def run_study(
 
     ordinals: dict[int, int] = {}  # trial number -> this process's n-th trial (fault injection)
     pick = random.Random(f"{worker_id()}:{spec.name}")  # this worker's, not the trials' seeded one
-    want: set[str] = set()  # the cells of the pack being asked for (empty: any open cell)
+    want: set[str] = set()  # the open cells of one shape a pack is asked for (empty: any open cell)
+    handed: set[str] = set()  # the cells this worker's trials have drawn since the pack began
 
     def next_cell(rng: random.Random) -> dict[str, Any]:
+        if want:  # a pack: its open cells were read when it began (a cell another worker
+            todo = sorted(k for k in want - handed if k)  # took since then is caught by recovery.holder)
+            if todo:
+                return by_key[rng.choice(todo)]
         todo = open_cells()
-        todo = [k for k in todo if k in want] or todo
         return by_key[rng.choice(todo)] if todo else rng.choice(cells)  # none: a duplicate, which yields
 
     if grid:
@@ -202,14 +207,16 @@ def run_study(
         a failure (a duplicate cell yields, pruned)."""
         ordinal = ordinals[trial.number] = faults.trial_started()
         threads.apply(threads_per_worker)  # the share changes as workers come and go
-        trial.set_user_attr("worker", worker_id())
-        if grid:
+        if grid:  # the cell sampler has said who runs it
+
             cell = {k: trial.suggest_categorical(k, v) for k, v in spec.grid.items()}
+            handed.add(cell_key(cell))
             dup = recovery.holder(study, store, trial.number, cell_key(cell), len(spec.grid))
             if dup is not None:
                 trial.set_user_attr("duplicate_of", dup)
                 raise optuna.TrialPruned(f"cell already taken by trial {dup}")
         else:
+            trial.set_user_attr("worker", worker_id())
             cell = {k: _suggest(trial, k, d) for k, d in spec.space.items()}
         attempts[cell_key(cell)] = attempts.get(cell_key(cell), 0) + 1
         faults.hit("before_trial", ordinal)
@@ -223,17 +230,27 @@ def run_study(
                                         worker_id())
             if trial_tags:
                 c.run.set_tags(trial_tags)
-            trial.set_user_attr("mlflow_run_id", c.run.run_id)
         except BaseException as e:
             raise_settled(c, e)
         return c
+
+    def link(c: _Cell) -> None:
+        """Name the trial's MLflow run on its Optuna trial, once the background writer has
+        created it (at the first epoch, by then long done; recovery finds a run that was
+        never named by its ``bench.trial_number`` tag)."""
+        if not c.linked:
+            c.trial.set_user_attr("mlflow_run_id", c.run.run_id)
+            c.linked = True
 
     def epoch_report(c: _Cell):
         """The trial's per-epoch callback: curves to MLflow, and the pruner's say (searches)."""
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             threads.apply(threads_per_worker)  # cores freed by workers that went idle or exited
+            link(c)
             c.run.log_epoch(epoch, metrics)
+            if epoch == c.cfg.train.epochs:
+                c.run.epochs_done()  # curves and history.csv written while the test split is evaluated
             if epoch == 2:
                 faults.hit("mid_epoch", c.ordinal)
             sel = metrics.get(f"{c.cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
@@ -249,6 +266,11 @@ def run_study(
         the reason on the Optuna trial; returns the exception to raise (pruned: TrialPruned,
         interrupted: the KeyboardInterrupt, failed: TrialFailed)."""
         trial, run = c.trial, c.run
+        if run is not None:
+            try:
+                link(c)
+            except Exception:  # noqa: BLE001 (a run that was never created: nothing to name)
+                pass
 
         def fail(kind: str, reason: str) -> BaseException:
             trial.set_user_attr("failure_kind", kind)
@@ -287,6 +309,7 @@ def run_study(
     def finish(c: _Cell, result) -> float:
         """A trained trial's result, durable in MLflow before Optuna records it; its value."""
         try:
+            link(c)
             c.run.log_result(result, fault_trial=c.ordinal)
             faults.hit("before_tell", c.ordinal)
         except BaseException as e:
@@ -324,6 +347,7 @@ def run_study(
             keys = {k: cell_pack_key(by_key[k]) for k in todo}
             first = pick.choice(todo) if todo else None
             want.clear()
+            handed.clear()
             want.update([first] if first is None or keys[first] is None
                         else [k for k in todo if keys[k] == keys[first]])
             room = len(want)
@@ -350,7 +374,7 @@ def run_study(
                     settle(c, KeyboardInterrupt("interrupted while a pack was being set up"))
                     study.tell(c.trial, state=TS.FAIL)
                 raise
-            if grid and not set(open_cells()) & want:
+            if grid and not want - handed:
                 break
         groups: dict[str, list[_Cell]] = {}
         for i, c in enumerate(started):
@@ -371,6 +395,9 @@ def run_study(
                     else:
                         outcomes = run_packed([c.cfg for c in group], datasets[group[0].data_key],
                                               [[epoch_report(c)] for c in group], [c.run.log_setup for c in group])
+                    for c, out in zip(group, outcomes):
+                        if not isinstance(out, BaseException):
+                            c.run.write_result(out)  # written one by one while the others are told
                     for c, out in zip(group, outcomes):
                         conclude(c, out)
                         pending.remove(c)
