@@ -458,8 +458,10 @@ class TrialRun:
         buf.write(",".join(keys) + "\n")
         for row in rows:
             buf.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
-        self.writes.submit(self.key, lambda: self.client.log_text(self.run_id, buf.getvalue(), "history.csv"))
+        # its own key: a failed copy of the curves never fails the trial whose numbers it copies
+        self.writes.submit(f"{self.key}:history", lambda: self.client.log_text(self.run_id, buf.getvalue(), "history.csv"))
 
+    @_guarded
     def write_result(self, result) -> None:
         """Queue the trial's final metrics (at the selected epoch) with whatever is still
         buffered; :meth:`wait_result` makes them durable. A pack queues all its cells' results
@@ -476,8 +478,9 @@ class TrialRun:
 
     @_guarded
     def wait_result(self, result, fault_trial: int | None = None) -> None:
-        """Return once :meth:`write_result`'s write has landed (raise if it failed);
-        ``history.csv``, a copy of the curves as a table, follows in the background."""
+        """Return once :meth:`write_result`'s write has landed (raise if it failed).
+        ``history.csv``, a copy of the curves as a table, is queued after the last epoch
+        (:meth:`epochs_done`) or else now; its failure does not fail the trial."""
         from bench.studies import faults
 
         self.write_result(result)

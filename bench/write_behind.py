@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 
 class WriteBehind:
-    """One daemon thread running queued writes in order; errors kept per key (a run id)."""
+    """One daemon thread running queued writes in order; errors kept per key (one trial's
+    run, say)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[str, Callable[[], Any], Future] | None] = queue.Queue()

@@ -164,6 +164,23 @@ def test_ctrl_c_in_a_pack_closes_every_run_of_the_pack(tmp_path, tiny_trial, mon
     assert c.exactly_once(), c.row()
 
 
+def test_ctrl_c_after_a_packed_cell_was_told_keeps_it_and_reruns_the_rest(tmp_path, tiny_trial, monkeypatch):
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"sqlite:///{tmp_path}/optuna.db", "after_tell:int@1", tmp_path, tiny_trial, monkeypatch,
+                            pack="auto")
+    with pytest.raises(KeyboardInterrupt):  # not Optuna's "cannot tell a COMPLETE trial"
+        run_study(spec, s, progress=False)
+    c = p.census()
+    assert c.running == 0 and c.states == {"COMPLETE": 1, "FAIL": 3}, c.row()
+    assert c.run_statuses == {"FINISHED": 1, "KILLED": 3}  # the told cell's run is closed from its trial
+    monkeypatch.delenv("BENCH_FAULT")
+    again = run_study(spec, s, progress=False)
+    assert (again.completed, again.skipped) == (3, 1)
+    c = p.census()
+    assert c.exactly_once(), c.row()
+
+
 # ------------------------------------------------------------------ the matrix (slow)
 
 STORAGES = ("journal", "sqlite", "postgres")

@@ -110,3 +110,13 @@ def test_history_written_after_the_last_epoch_is_the_results_history(tracker, tm
     with open(path) as fh:
         got = list(csv.DictReader(fh))
     assert [{k: float(v) for k, v in r.items()} for r in got] == rows
+
+
+def test_a_failed_history_copy_does_not_fail_the_trial(tracker, monkeypatch):
+    run = tracker.start_trial(None, "s", 6, {"eval": {"select_on": "val"}}, {"loss.alpha": 8})
+    tracker.drain()  # created, params and config.yaml written
+    monkeypatch.setattr(tracker.client, "log_text", lambda *a, **k: (_ for _ in ()).throw(OSError("artifact store gone")))
+    run.log_epoch(1, {"epoch": 1, "val_recall_at_1": 0.2})
+    run.epochs_done()
+    run.log_result(TrialResult(metrics={"test_recall_at_1": 0.3}, history=[{"epoch": 1}], best_epoch=1))
+    assert tracker.client.get_run(run.run_id).data.metrics["test_recall_at_1"] == 0.3

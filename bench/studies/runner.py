@@ -366,6 +366,8 @@ def run_study(
                 started.append(start(trial))
             except optuna.TrialPruned:
                 record_end(study.tell(trial, state=TS.PRUNED))
+                if grid:  # a duplicate: another worker took cells of this pack since it began
+                    want.intersection_update(set(open_cells()) | handed)
             except TrialFailed:
                 record_end(study.tell(trial, state=TS.FAIL))
             except BaseException:
@@ -395,14 +397,20 @@ def run_study(
                     else:
                         outcomes = run_packed([c.cfg for c in group], datasets[group[0].data_key],
                                               [[epoch_report(c)] for c in group], [c.run.log_setup for c in group])
-                    for c, out in zip(group, outcomes):
+                    for i, (c, out) in enumerate(zip(group, outcomes)):
                         if not isinstance(out, BaseException):
-                            c.run.write_result(out)  # written one by one while the others are told
+                            try:
+                                c.run.write_result(out)  # written one by one while the others are told
+                            except TrackingError as e:
+                                outcomes[i] = e
                     for c, out in zip(group, outcomes):
                         conclude(c, out)
                         pending.remove(c)
         except BaseException as e:  # Ctrl-C, SIGTERM: every trial of the pack not yet told runs again
+            told = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
             for c in pending:
+                if c.trial.number in told:  # interrupted after its tell: recorded; its run is
+                    continue  # closed from the trial's state (recovery.close_orphan_runs)
                 settle(c, e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt(str(e)))
                 study.tell(c.trial, state=TS.FAIL)
             raise
