@@ -17,7 +17,7 @@ Writes keep out of training's way (:mod:`bench.write_behind`): a trial's run is 
 and its params and config file written by a background writer; its per-epoch curves are
 buffered and written every :data:`FLUSH_S` seconds and after its last epoch; its final
 metrics are queued as soon as it has them (:meth:`TrialRun.write_result`) and the study
-waits for them to land (:meth:`TrialRun.wait_result`) before it records the trial.
+waits for them to land (:meth:`TrialRun.log_result`) before it records the trial.
 """
 
 from __future__ import annotations
@@ -415,8 +415,7 @@ class TrialRun:
         self._rows.append(dict(metrics))
         self._metrics += [Metric(f"{CURVE}{k}", float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
         if time.monotonic() - self._flushed >= FLUSH_S:
-            metrics_, tags = self._take()
-            self.writes.submit(self.key, lambda: self._write(metrics_, tags))
+            self.flush_later()
 
     def log_setup(self, info: dict[str, Any]) -> None:
         """Called once the trial knows its device and data; phase-1 metrics land here too."""
@@ -464,7 +463,7 @@ class TrialRun:
     @_guarded
     def write_result(self, result) -> None:
         """Queue the trial's final metrics (at the selected epoch) with whatever is still
-        buffered; :meth:`wait_result` makes them durable. A pack queues all its cells' results
+        buffered; :meth:`log_result` makes them durable. A pack queues all its cells' results
         first, so the writer writes one while the study records another."""
         from mlflow.entities import Metric
 
@@ -477,22 +476,18 @@ class TrialRun:
         self.flush_later()
 
     @_guarded
-    def wait_result(self, result, fault_trial: int | None = None) -> None:
-        """Return once :meth:`write_result`'s write has landed (raise if it failed).
-        ``history.csv``, a copy of the curves as a table, is queued after the last epoch
-        (:meth:`epochs_done`) or else now; its failure does not fail the trial."""
+    def log_result(self, result, fault_trial: int | None = None) -> None:
+        """The trial's final metrics and its buffered curves (queued by :meth:`write_result`
+        unless already), written before returning (raise if that failed); the run stays
+        open until the study has recorded the trial (:meth:`close`). ``history.csv``, a copy
+        of the curves as a table, is queued after the last epoch (:meth:`epochs_done`) or
+        else now; its failure does not fail the trial."""
         from bench.studies import faults
 
         self.write_result(result)
         self.writes.wait_for(self.key)
         faults.hit("logging", fault_trial)
         self._write_history(result.history)
-
-    def log_result(self, result, fault_trial: int | None = None) -> None:
-        """The trial's final metrics and its buffered curves, written before returning; the
-        run stays open until the study has recorded the trial (:meth:`close`)."""
-        self.write_result(result)
-        self.wait_result(result, fault_trial)
 
     def finish(self, result) -> None:
         """Log the result and close the run as FINISHED (a trial outside any study)."""

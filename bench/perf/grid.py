@@ -26,7 +26,7 @@ from pathlib import Path
 
 PACK_TARGET_CPU, PACK_TARGET_GPU, TRACKING_TARGET = 0.6, 0.1, 0.02
 TIMED = {"Tracker": ("parent_run", "start_trial", "close_later", "drain", "end_parent"),
-         "TrialRun": ("run_id", "set_tags", "log_epoch", "epochs_done", "log_setup", "write_result", "wait_result",
+         "TrialRun": ("run_id", "set_tags", "log_epoch", "epochs_done", "log_setup", "write_result",
                       "log_result", "close", "flush")}
 
 

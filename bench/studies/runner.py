@@ -208,7 +208,6 @@ def run_study(
         ordinal = ordinals[trial.number] = faults.trial_started()
         threads.apply(threads_per_worker)  # the share changes as workers come and go
         if grid:  # the cell sampler has said who runs it
-
             cell = {k: trial.suggest_categorical(k, v) for k, v in spec.grid.items()}
             handed.add(cell_key(cell))
             dup = recovery.holder(study, store, trial.number, cell_key(cell), len(spec.grid))
