@@ -12,15 +12,18 @@
 #     answer within a few seconds, the configured package index is used instead (say so).
 #   - an NVIDIA GPU (nvidia-smi lists one), or macOS / Windows: torch from the configured
 #     package index (the CUDA build on Linux).
-#   - TORCH_SPEC='torch==2.13.0 --index-url ...' overrides all of this, as given.
-# TORCH_VERSION (default 2.13.0) picks the version; HAS_NVIDIA_GPU=0|1 overrides detection.
+#   - TORCH_SPEC='torch==2.14.1 torchvision==0.29.1 --index-url ...' overrides all of this, as given.
+# torch and torchvision go in as one pair from one index (a torchvision built for another
+# torch fails to import). TORCH_VERSION (default 2.14.1) and TORCHVISION_VERSION (default
+# 0.29.1) pick the pair; HAS_NVIDIA_GPU=0|1 overrides detection.
 # Idempotent: a second run skips installation (and every network probe) unless
 # pyproject.toml, the extras or the torch plan changed.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_VERSION=${TORCH_VERSION:-2.14.1}
+TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.29.1}
 TORCH_SPEC=${TORCH_SPEC:-}
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 PROBE_TIMEOUT=${PROBE_TIMEOUT:-3}
@@ -47,19 +50,21 @@ urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=float(sys.ar
 EOF
 }
 
-# The pip arguments that install torch (one line), and a note on stderr when falling back.
+# The pip arguments that install torch and torchvision (one line), and a note on stderr
+# when falling back.
+torch_pair() { echo "torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"; }
 torch_args() {
   case "$(torch_kind)" in
     custom) echo "$TORCH_SPEC" ;;
-    default) echo "torch==$TORCH_VERSION" ;;
+    default) torch_pair ;;
     cpu)
       if index_answers "$TORCH_CPU_INDEX"; then
-        echo "torch==$TORCH_VERSION --index-url $TORCH_CPU_INDEX"
+        echo "$(torch_pair) --index-url $TORCH_CPU_INDEX"
       else
         echo "note: no NVIDIA GPU, but PyTorch's CPU index ($TORCH_CPU_INDEX) is not reachable (probed with a" \
-             "${PROBE_TIMEOUT} s timeout): installing torch==$TORCH_VERSION from the configured package index" \
+             "${PROBE_TIMEOUT} s timeout): installing $(torch_pair) from the configured package index" \
              "(on a plain PyPI that is the CUDA build; set TORCH_SPEC to choose)" >&2
-        echo "torch==$TORCH_VERSION"
+        torch_pair
       fi ;;
   esac
 }
@@ -68,7 +73,7 @@ setup() {
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   local stamp="$VENV/.proxybench-installed"
   local want
-  want="$(sha256sum < pyproject.toml | cut -c1-16) torch:$(torch_kind):${TORCH_SPEC:-$TORCH_VERSION} $EXTRAS"
+  want="$(sha256sum < pyproject.toml | cut -c1-16) torch:$(torch_kind):${TORCH_SPEC:-$TORCH_VERSION/$TORCHVISION_VERSION} $EXTRAS"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   local args
   args=$(torch_args)
@@ -78,7 +83,8 @@ setup() {
   if ! "$VENV/bin/python" -m pip install -q $args; then
     case "$args" in *--index-url*) ;; *) exit 1 ;; esac
     echo "note: installing torch from $TORCH_CPU_INDEX failed: trying the configured package index" >&2
-    "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+    # shellcheck disable=SC2046
+    "$VENV/bin/python" -m pip install -q $(torch_pair)
   fi
   "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
