@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_trial(cfg, data_root=s.data_root, callbacks=[print_epoch] if args.verbose else [])
     else:
         from bench.secrets import mask_url
-        from bench.tracking import Tracker
+        from bench.record.writer import Tracker
 
         tracker = Tracker(s.tracking_uri, args.experiment, s.artifact_root)
         run_ = tracker.start_trial(None, args.experiment, 0, cfg.model_dump(mode="json"), sets)
