@@ -164,9 +164,19 @@ def pretty_loss(loss: str) -> str:
 
 
 def read_artifact(client, run_id: str, path: str) -> str | None:
-    """A run's text artifact, or None when it has none. MLflow may draw a download bar on
-    stderr; the ``bench`` command turns it off once, at start (:func:`bench.cli.main`)."""
+    """A run's text artifact, or None when it has none (old runs) or the store is gone.
+
+    Artifacts in a local folder (the default store) are read where they lie; others are
+    downloaded to a temporary folder, where MLflow draws its download bar on stderr unless
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false`` (the process environment is not touched here)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
     try:
+        root = urlparse(client.get_run(run_id).info.artifact_uri)
+        if root.scheme in ("", "file"):
+            local = Path(url2pathname(root.path)) / path
+            return local.read_text() if local.is_file() else None
         with tempfile.TemporaryDirectory() as tmp:
             return Path(client.download_artifacts(run_id, path, tmp)).read_text()
     except Exception:  # no such artifact (old runs), or the artifact store is gone
