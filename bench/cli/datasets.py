@@ -39,7 +39,8 @@ def dataset_rows(data_root: str, trial: dict[str, Any]) -> list[dict[str, Any]]:
 
     configured = trial.get("data") or {}
     rows = []
-    for name, target in sorted(DATASETS.items()):
+    for name in DATASETS.names():
+        target = DATASETS.raw(name)  # "module:function" or a callable, nothing imported yet
         row: dict[str, Any] = {"name": name, "source": "unknown", "where": None, "found": None,
                                "about": "", "layout": None}
         if isinstance(target, str):
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0
     if not args.name:
-        raise UsageError(f"datasets check needs a NAME; one of: {', '.join(sorted(DATASETS))}")
+        raise UsageError(f"datasets check needs a NAME; one of: {', '.join(DATASETS.names())}")
     from bench.data.check import check_dataset
 
     root = args.root or str(Path(s.data_root).expanduser() / args.name)
