@@ -115,7 +115,7 @@ def library_versions() -> dict[str, str]:
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the working tree (``+dirty`` when it has uncommitted changes)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository (bench/record/writer.py)
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
