@@ -4,7 +4,7 @@ Optuna user-attribute name the suite writes to its stores and reads back.
 The idiom is MLflow's own ``mlflow/utils/mlflow_tags.py``: a module of named constants, so
 the writer (:mod:`bench.record.writer`, the study runner) and every reader
 (:mod:`bench.record.reader`, the report, ``bench repeat``, ``bench studies``) spell a name
-the same way. ``tests/test_record_names.py`` fails on a ``"bench.`` tag literal anywhere
+the same way. ``tests/test_record.py`` fails on a ``"bench.`` tag literal anywhere
 else in the package. Changing a value here changes what old stores are read as: old runs
 keep the old name.
 
@@ -68,6 +68,7 @@ def version_tag(library: str) -> str:
 METRIC_VAL_RECALL_AT_1 = "val_recall_at_1"
 METRIC_TEST_RECALL_AT_1 = "test_recall_at_1"
 METRIC_TEST_MAP_AT_R = "test_map_at_r"
+METRIC_BEST_EPOCH = "best_epoch"  # the selected epoch
 METRIC_TRIAL_SECONDS = "trial_seconds"
 #: Per-epoch curves: ``curve/<metric>`` at step = epoch, so a curve never shadows the final
 #: value (MLflow shows a metric's highest step).
@@ -98,6 +99,8 @@ def selected_metric(select_on: str) -> str:
 PARAM_LOSS_NAME = "loss.name"
 PARAM_LOSS_BASE_NAME = "loss.base.name"  # the wrapped loss of loss.name = hierarchical
 PARAM_DATA_NAME = "data.name"
+PARAM_MODEL_BACKBONE = "model.backbone"
+PARAM_MODEL_EMBEDDING_DIM = "model.embedding_dim"
 PARAM_SEED = "train.seed"
 
 # --- artifacts --------------------------------------------------------------------------
