@@ -73,7 +73,7 @@ class DataConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(sorted(DATASETS))}")
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}")
         return v
 
     @field_validator("crop_scale")

@@ -24,8 +24,3 @@ def mask_url(text: object) -> str:
     line); text without credentials comes back unchanged.
     """
     return _USERINFO.sub(lambda m: m.group("head") + MASK, str(text))
-
-
-def mask_mapping(values: dict) -> dict:
-    """A copy of ``values`` with every string value passed through :func:`mask_url`."""
-    return {k: mask_url(v) if isinstance(v, str) else v for k, v in values.items()}

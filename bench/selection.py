@@ -20,11 +20,13 @@ import json
 import math
 from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar
 
+from bench.record.names import PARAM_SEED, recall_at
+
 K = TypeVar("K", bound=Hashable)
 
 #: Axes that repeat a cell rather than define it (averaged over, never a separate cell).
 #: A study file can declare more with ``repeat:``.
-DEFAULT_REPEAT_AXES = ("train.seed",)
+DEFAULT_REPEAT_AXES = (PARAM_SEED,)
 
 
 def cell_of(params: Mapping[str, Any], repeat_axes: Sequence[str] = DEFAULT_REPEAT_AXES) -> str:
@@ -36,7 +38,7 @@ def score_name(select_on: str) -> str:
     """The metric a trial's epochs and a study's cells are selected on."""
     if select_on not in ("val", "test"):
         raise ValueError(f"eval.select_on must be 'val' or 'test', got {select_on!r}")
-    return f"{select_on}_recall_at_1"
+    return recall_at(1, select_on)
 
 
 def better(score: float, best: float) -> bool:

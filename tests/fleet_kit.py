@@ -117,7 +117,7 @@ class Project:
         from mlflow import MlflowClient
 
         from bench.studies import make_storage
-        from bench.tracking import runs_frame
+        from bench.record.reader import runs_frame
 
         study = optuna.load_study(study_name=self.name, storage=make_storage(self.storage))
         TS = optuna.trial.TrialState

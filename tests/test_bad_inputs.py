@@ -103,7 +103,7 @@ def test_features_with_nan_rows_name_the_count(tmp_path):
 
 
 def test_datasets_check_reports_empty_class_folders(tmp_path):
-    from bench.data import fixtures as fx
+    import dataset_fixtures as fx
     from bench.data.check import check_dataset, format_report
 
     f = fx.write_folder(tmp_path / "imgs", n_classes=4, per_class=2)

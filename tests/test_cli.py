@@ -92,7 +92,7 @@ def test_tracking_does_not_leak_the_uri_into_the_process(workdir):
 
 
 def test_datasets_check_cli(tmp_path, capsys):
-    from bench.data.fixtures import write_cub
+    from dataset_fixtures import write_cub
 
     write_cub(tmp_path / "cub", corrupt=[3])
     assert main(["datasets", "check", "cub", "--root", str(tmp_path / "cub")]) == 1
@@ -105,7 +105,7 @@ def test_datasets_check_cli(tmp_path, capsys):
 
 
 def test_datasets_check_defaults_to_data_root(workdir, capsys):
-    from bench.data.fixtures import write_cub
+    from dataset_fixtures import write_cub
 
     write_cub(workdir / "data" / "cub")
     s = yaml.safe_load((workdir / "bench.yaml").read_text())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.data import fixtures as fx
 from bench.data.check import DatasetLayoutError, check_dataset, format_report
+
+import dataset_fixtures as fx
 
 
 def test_check_clean_cub(tmp_path):
@@ -56,5 +57,5 @@ def test_check_features_and_digits(tmp_path):
 
 
 def test_check_unknown_dataset():
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(KeyError, match="unknown data.name .imagenet.; allowed: cars, cub"):
         check_dataset("imagenet", None)

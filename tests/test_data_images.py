@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import fixtures as fx
 from bench.data import images as im
 from bench.data.images import ImageReadError, eval_transform, train_transform
+
+import dataset_fixtures as fx
 
 
 def test_no_torchvision_import():
     """torchvision is optional (its wheel must match torch); the data path never imports it."""
     code = (
-        "import sys; import bench.data.images, bench.data.check, bench.data.fixtures; "
+        "import sys; import bench.data.images, bench.data.check; "
         "[__import__('bench.data.' + m) for m in ('digits','cub','cars','sop','inshop','folder','features')]; "
         "assert 'torchvision' not in sys.modules, 'torchvision was imported'"
     )

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from bench.data import create_dataset, get_loader
-from bench.data import fixtures as fx
 from bench.data.layout import DatasetLayoutError
+
+import dataset_fixtures as fx
 
 
 def load(name: str, root: Path):
@@ -114,7 +115,7 @@ def test_sop_ebay_split_and_super_classes(tmp_path, top_folder):
     assert ds.recall_ks == (1, 10, 100, 1000)
     assert len(ds.train) == 6 and len(ds.test) == 6
     assert ds.train.num_classes == 3 and ds.test.num_classes == 3
-    assert ds.train.parents is not None and ds.summary()["hierarchy_depth"] == 2
+    assert ds.train.parents is not None
     assert_contiguous(ds.train.parents)
     # the parent of each sample is its super-class folder
     names = [Path(p).parent.name for p in ds.train.x]
@@ -183,7 +184,7 @@ def test_folder_flat(tmp_path):
 def test_folder_two_levels_detected(tmp_path):
     f = fx.write_folder(tmp_path / "folder", n_classes=8, per_class=2, parents=2)
     ds = load("folder", f.root)
-    assert ds.summary()["hierarchy_depth"] == 2
+    assert ds.train.parents is not None and ds.test.parents is not None  # two levels
     assert ds.train.num_classes == 4 and ds.test.num_classes == 4
     assert_contiguous(ds.train.parents)
     # Split within each parent: both parents appear in train and in test.
@@ -294,3 +295,26 @@ def test_features_unknown_split_value(tmp_path):
 def test_features_missing_file(tmp_path):
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         load("features", tmp_path / "nope.npz")
+
+
+def test_datasets_are_one_registry(tmp_path):
+    """Datasets go through bench.registry: a name registered twice warns, an unknown one is
+    refused naming the allowed ones, and a registered loader is valid for data.name."""
+    from bench.config import DataConfig
+    from bench.data import DATASETS, register_dataset
+    from bench.registry import Registry
+
+    assert isinstance(DATASETS, Registry) and "cub" in DATASETS
+    with pytest.warns(UserWarning, match="dataset 'cub' was registered already"):
+        register_dataset("cub", "bench.data.cub:load")
+    with pytest.raises(KeyError, match="unknown data.name 'nope'; allowed: cars, cub"):
+        get_loader("nope")
+    synthetic = get_loader("synthetic")
+    register_dataset("mine", lambda cfg, root: synthetic(cfg, root))
+    try:
+        ds = create_dataset(DataConfig(name="mine", val_fraction=0.25))
+        assert ds.train.num_classes > 0 and ds.val is not None
+    finally:
+        DATASETS.unregister("mine")
+    with pytest.raises(ValueError, match="unknown dataset 'mine'"):
+        DataConfig(name="mine")

@@ -14,7 +14,8 @@ import pytest
 
 from bench.config import DataConfig
 from bench.data import DATASETS, create_dataset
-from bench.data import fixtures as fx
+
+import dataset_fixtures as fx
 
 
 def _synthetic(tmp: Path) -> dict:

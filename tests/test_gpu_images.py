@@ -14,10 +14,11 @@ import torch
 
 from bench.config import resolve_trial
 from bench.data import create_dataset
-from bench.data import fixtures as fx
 from bench.inputs.augment import DeviceTransform
 from bench.inputs.images import to_device
 from bench.train import resolve_amp, run_trial
+
+import dataset_fixtures as fx
 
 pytestmark = [
     pytest.mark.gpu,

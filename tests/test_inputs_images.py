@@ -10,11 +10,12 @@ import torch
 
 from bench.config import resolve_trial
 from bench.data import create_dataset
-from bench.data import fixtures as fx
 from bench.data.images import UnreadableImageWarning, decode_image
 from bench.inputs import create_inputs
 from bench.inputs.images import ImageInputs, collate_pixels
 from bench.precision import Precision
+
+import dataset_fixtures as fx
 
 CPU = torch.device("cpu")
 

@@ -11,9 +11,10 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from bench.data import fixtures as fx
 from bench.data.images import decode_image
 from bench.inputs import store as st
+
+import dataset_fixtures as fx
 
 
 @pytest.fixture

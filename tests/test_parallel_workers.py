@@ -8,7 +8,7 @@ import sys
 import optuna
 import yaml
 
-from bench.tracking import runs_frame
+from bench.record.reader import runs_frame
 
 
 def test_two_workers_run_each_cell_exactly_once(tmp_path, tiny_trial):

@@ -30,7 +30,7 @@ def store(tmp_path_factory):
 def runs_of(settings, experiment):
     from mlflow import MlflowClient
 
-    from bench.tracking import runs_frame
+    from bench.record.reader import runs_frame
 
     client = MlflowClient(settings.tracking_uri)
     return runs_frame(client, [client.get_experiment_by_name(experiment).experiment_id], "tags.`bench.role` = 'trial'")

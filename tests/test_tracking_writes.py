@@ -62,7 +62,7 @@ def test_a_pruned_run_keeps_its_curves_and_a_failed_background_write_fails_its_t
     run.close("pruned", "pruned at epoch 1")
     assert [m.value for m in tracker.client.get_metric_history(run.run_id, "curve/val_recall_at_1")] == [0.2]
     bad = tracker.start_trial(None, "s", 2, {"eval": {"select_on": "val"}}, {"loss.alpha": 2})
-    monkeypatch.setattr("bench.tracking.FLUSH_S", 0.0)  # every epoch goes to the background now
+    monkeypatch.setattr("bench.record.writer.FLUSH_S", 0.0)  # every epoch goes to the background now
     monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     bad.log_epoch(1, {"epoch": 1, "val_recall_at_1": 0.2})
     with pytest.raises(TrackingError, match="disk full"):

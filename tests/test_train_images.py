@@ -11,10 +11,11 @@ import torch
 import bench.train as train_mod
 from bench.config import resolve_trial
 from bench.data import create_dataset
-from bench.data import fixtures as fx
 from bench.data.images import UnreadableImageWarning
 from bench.inputs import frozen as fc
 from bench.train import TrialFailed, run_trial
+
+import dataset_fixtures as fx
 
 DIGITS = {
     "data.name": "digits", "model.backbone": "small_cnn", "model.head": "linear", "model.embedding_dim": 32,

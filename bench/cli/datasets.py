@@ -33,17 +33,19 @@ def dataset_rows(data_root: str, trial: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per registered dataset: built in or files, where they would be looked for.
 
     A loader module that declares a ``LAYOUT`` (the file tree it reads) needs files; one
-    without builds its data itself. Loaders registered as callables are reported as such.
+    without builds its data itself. A loader registered as a callable is described by its module.
     """
     from bench.data import DATASETS
 
     configured = trial.get("data") or {}
     rows = []
-    for name, target in sorted(DATASETS.items()):
+    for name in DATASETS.names():
+        target = DATASETS.raw(name)  # "module:function", or the loader once it was used
+        module = target.split(":")[0] if isinstance(target, str) else getattr(target, "__module__", None)
         row: dict[str, Any] = {"name": name, "source": "unknown", "where": None, "found": None,
                                "about": "", "layout": None}
-        if isinstance(target, str):
-            mod = importlib.import_module(target.split(":")[0])
+        if module:
+            mod = importlib.import_module(module)
             row["about"] = (mod.__doc__ or "").strip().splitlines()[0].replace("``", "") if mod.__doc__ else ""
             layout = getattr(mod, "LAYOUT", None)
             row["source"] = "files" if layout else "built in"
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0
     if not args.name:
-        raise UsageError(f"datasets check needs a NAME; one of: {', '.join(sorted(DATASETS))}")
+        raise UsageError(f"datasets check needs a NAME; one of: {', '.join(DATASETS.names())}")
     from bench.data.check import check_dataset
 
     root = args.root or str(Path(s.data_root).expanduser() / args.name)

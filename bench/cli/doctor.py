@@ -76,7 +76,7 @@ def storage_status(url: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.tracking import git_commit, library_versions
+    from bench.record.writer import git_commit, library_versions
 
     s = settings_from(args)
     info: dict[str, Any] = {"settings_file": settings_report(args.config),

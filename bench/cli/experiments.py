@@ -11,6 +11,7 @@ import json
 import time
 
 from bench.cli.common import add_store_options, open_tracking, print_table, settings_from
+from bench.record.names import BENCH_ROLE, MLFLOW_RUN_NOTE, ROLE_PARENT
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 
@@ -33,14 +34,14 @@ def experiment_rows(client) -> list[dict]:
             break
     rows = {e.experiment_id: {"experiment": e.name, "id": e.experiment_id, "runs": 0, "studies": 0,
                               **{s.lower(): 0 for s in STATUSES}, "last_run": None,
-                              "description": e.tags.get("mlflow.note.content", "")} for e in exps}
+                              "description": e.tags.get(MLFLOW_RUN_NOTE, "")} for e in exps}
     token = None
     while rows:
         page = client.search_runs(list(rows), max_results=1000, page_token=token)
         for r in page:
             row = rows[r.info.experiment_id]
             row["runs"] += 1
-            row["studies"] += r.data.tags.get("bench.role") == "parent"
+            row["studies"] += r.data.tags.get(BENCH_ROLE) == ROLE_PARENT
             if r.info.status.lower() in row:
                 row[r.info.status.lower()] += 1
             row["last_run"] = max(row["last_run"] or 0, r.info.start_time or 0)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from bench.cli.common import add_store_options, add_threads_option, parse_sets, settings_from
+from bench.record.names import METRIC_TEST_RECALL_AT_1, METRIC_VAL_RECALL_AT_1
 
 
 def register(sub) -> None:
@@ -21,7 +22,7 @@ def register(sub) -> None:
 
 
 def print_epoch(epoch: int, m: dict[str, float]) -> None:
-    shown = {k: round(v, 4) for k, v in m.items() if k in ("train_loss", "val_recall_at_1", "test_recall_at_1")}
+    shown = {k: round(v, 4) for k, v in m.items() if k in ("train_loss", METRIC_VAL_RECALL_AT_1, METRIC_TEST_RECALL_AT_1)}
     print(f"epoch {epoch}: {shown}", file=sys.stderr)
 
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_trial(cfg, data_root=s.data_root, callbacks=[print_epoch] if args.verbose else [])
     else:
         from bench.secrets import mask_url
-        from bench.tracking import Tracker
+        from bench.record.writer import Tracker
 
         tracker = Tracker(s.tracking_uri, args.experiment, s.artifact_root)
         run_ = tracker.start_trial(None, args.experiment, 0, cfg.model_dump(mode="json"), sets)

@@ -6,8 +6,9 @@ study that re-ran its selected cell, and their runs in the MLflow experiment, af
 (or with ``--yes``): what rerunning the study file needs to start afresh.
 
 The MLflow experiment itself stays, emptied of those runs: MLflow brings back every run of
-a deleted experiment when the experiment is restored, which is what the tracker does when
-a study of that name runs again, so deleting it would mix the old runs into the new study.
+a deleted experiment when the experiment is restored, so deleting it would leave a study of
+that name two ways on (restore the old runs into it, or another name), where an emptied
+experiment simply takes the new runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from typing import Any
 
 from bench.cli.common import UsageError, add_store_options, open_tracking, print_table, settings_from
+from bench.record.names import ATTR_BASE_TRIAL, ATTR_FAILURE_REASON, ATTR_SPEC, BENCH_STUDY, MLFLOW_PARENT_RUN_ID
 
 #: Suffix of the study that re-runs a study's selected cell with fresh seeds.
 REPEAT_SUFFIX = ".repeat"
@@ -76,8 +78,8 @@ def describe(study) -> dict[str, Any]:
     """What ``list`` and ``show`` print: the study's settings as recorded, counts, selection."""
     from bench.studies.summary import repeat_axes, selected_cell, state_counts
 
-    spec = study.user_attrs.get("spec") or {}
-    base = study.user_attrs.get("base_trial") or {}
+    spec = study.user_attrs.get(ATTR_SPEC) or {}
+    base = study.user_attrs.get(ATTR_BASE_TRIAL) or {}
     trials = study.get_trials(deepcopy=False)
     out: dict[str, Any] = {"study": study.study_name, "experiment": spec.get("experiment"),
                            "kind": spec.get("kind"), "description": spec.get("description") or "",
@@ -89,7 +91,7 @@ def describe(study) -> dict[str, Any]:
             n_cells *= len(values)
         done = {json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "COMPLETE"}
         out["cells"] = {"axes": list(spec["grid"]), "total": n_cells, "complete": len(done)}
-    out["failures"] = [{"trial": t.number, "params": t.params, "reason": t.user_attrs.get("failure_reason", "")}
+    out["failures"] = [{"trial": t.number, "params": t.params, "reason": t.user_attrs.get(ATTR_FAILURE_REASON, "")}
                        for t in trials if t.state.name == "FAIL"]
     out["selected"] = selected_cell(study) or None
     return out
@@ -171,7 +173,7 @@ def studies_to_delete(studies: dict[str, Any], name: str) -> list[str]:
         roots = [name]
     else:
         roots = sorted(n for n, st in studies.items()
-                       if (st.user_attrs.get("spec") or {}).get("experiment") == name and not n.endswith(REPEAT_SUFFIX))
+                       if (st.user_attrs.get(ATTR_SPEC) or {}).get("experiment") == name and not n.endswith(REPEAT_SUFFIX))
     names = [n for r in roots for n in (r, r + REPEAT_SUFFIX) if n in studies]
     return list(dict.fromkeys(names))
 
@@ -185,8 +187,8 @@ def runs_of(client, experiment_ids: list[str], study_names: set[str]) -> list[An
         token = page.token
         if not token:
             break
-    mine = {r.info.run_id for r in runs if r.data.tags.get("bench.study") in study_names}
-    mine |= {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") in mine}
+    mine = {r.info.run_id for r in runs if r.data.tags.get(BENCH_STUDY) in study_names}
+    mine |= {r.info.run_id for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) in mine}
     return [r for r in runs if r.info.run_id in mine]
 
 
@@ -199,7 +201,7 @@ def run_delete(args: argparse.Namespace) -> int:
     names = studies_to_delete(studies, args.name)
     if not names:
         raise UsageError(f"no study or experiment {args.name!r} in the study storage; {_known(studies)}")
-    experiments = sorted({(studies[n].user_attrs.get("spec") or {}).get("experiment") or n for n in names})
+    experiments = sorted({(studies[n].user_attrs.get(ATTR_SPEC) or {}).get("experiment") or n for n in names})
     client, runs, exp_ids = None, [], []
     try:
         client = open_tracking(s.tracking_uri)

@@ -43,7 +43,7 @@ def _free_port() -> int:
 def run(args: argparse.Namespace) -> int:
     s = settings_from(args)
     from bench.secrets import mask_url
-    from bench.tracking import prepare_tracking_uri
+    from bench.record.writer import prepare_tracking_uri
 
     inner = args.port if args.plain else _free_port()
     cmd = ["mlflow", "ui", "--backend-store-uri", prepare_tracking_uri(s.tracking_uri),

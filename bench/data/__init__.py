@@ -7,51 +7,46 @@ training classes, and applies label noise to the training labels only.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from bench.data.base import RetrievalDataset, Split, protocol_problems, relabel
 from bench.data.noise import NOISE_KINDS, apply_label_noise
 from bench.data.splits import carve_val
+from bench.registry import Registry
 
-# name -> "module:function". Lazy, so importing bench does not import PIL/scipy for a
-# dataset nobody uses. Each loader is ``load(cfg, root) -> RetrievalDataset`` (val=None).
-DATASETS: dict[str, str] = {
-    "synthetic": "bench.data.synthetic:load",
-    "digits": "bench.data.digits:load",
-    "cub": "bench.data.cub:load",
-    "cars": "bench.data.cars:load",
-    "sop": "bench.data.sop:load",
-    "inshop": "bench.data.inshop:load",
-    "folder": "bench.data.folder:load",
-    "features": "bench.data.features:load",
-}
+if TYPE_CHECKING:
+    from bench.config import DataConfig
+
+#: Dataset loaders by name (``data.name``), each ``load(cfg, root) -> RetrievalDataset``
+#: (val=None). Lazy ``"module:function"`` targets, so importing bench does not import
+#: PIL/scipy for a dataset nobody uses.
+DATASETS: Registry[Callable[..., RetrievalDataset]] = Registry("dataset", "data.name")
+for _name in ("synthetic", "digits", "cub", "cars", "sop", "inshop", "folder", "features"):
+    DATASETS.register(_name, f"bench.data.{_name}:load")
+del _name
 
 
-def register_dataset(name: str, target: str | Callable) -> None:
-    """Add a loader (``"module:function"`` or a callable) under ``name``."""
-    DATASETS[name] = target  # type: ignore[assignment]
+def register_dataset(name: str, target: str | Callable, *, replace: bool = False) -> None:
+    """Add a loader (``"module:function"`` or a callable) under ``name``; a name taken
+    already warns unless ``replace=True``."""
+    DATASETS.register(name, target, replace=replace)
 
 
 def get_loader(name: str) -> Callable[..., RetrievalDataset]:
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
-    target = DATASETS[name]
-    if callable(target):
-        return target
-    module, fn = target.split(":")
-    return getattr(importlib.import_module(module), fn)
+    """The loader registered as ``name``; an unknown name raises a ``KeyError`` naming the
+    allowed ones."""
+    return DATASETS.get(name)
 
 
-def create_dataset(cfg: Any, data_root: str | Path | None = None) -> RetrievalDataset:
+def create_dataset(cfg: DataConfig, data_root: str | Path | None = None) -> RetrievalDataset:
     """Load ``cfg.name``, carve validation classes, apply training-label noise.
 
     ``cfg`` is a :class:`bench.config.DataConfig`. ``data_root`` is the directory holding
     one folder per dataset (``bench.yaml``'s ``data_root``); ``cfg.root`` wins over it.
     """
     root = None
-    if getattr(cfg, "root", None):
+    if cfg.root:
         root = Path(cfg.root).expanduser()
     elif data_root is not None:
         root = Path(data_root).expanduser() / cfg.name

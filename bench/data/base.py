@@ -108,22 +108,6 @@ class RetrievalDataset:
                 h.update("\n".join(s.x).encode())
         return h.hexdigest()[:16]
 
-    def summary(self) -> dict:
-        def one(s: Split) -> dict:
-            d = {"samples": len(s), "classes": int(len(np.unique(s.y)))}
-            if s.gallery is not None:
-                d["gallery_samples"] = len(s.gallery)
-            return d
-
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "train": one(self.train),
-            "val": one(self.val) if self.val is not None else None,
-            "test": one(self.test),
-            "hierarchy_depth": 2 if self.train.parents is not None else 1,
-        }
-
 
 def relabel(y: np.ndarray) -> np.ndarray:
     """Map arbitrary class ids to contiguous 0..C-1 keeping their sorted order."""

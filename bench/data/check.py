@@ -82,7 +82,7 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = True, worke
 
     from bench.data import get_loader
 
-    loader = get_loader(name)  # KeyError naming the available datasets
+    loader = get_loader(name)  # KeyError naming the allowed datasets
     root_path = Path(root).expanduser() if root is not None else None
     cfg = loader_config(name, root_path)
     with warnings.catch_warnings():

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.record.names import ATTR_SPEC
+
 HELP_TARGET_S = 1.0
 
 PROBE = """
@@ -43,7 +45,7 @@ def make_stores(root: Path) -> None:
     (root / "bad.yaml").write_text("experiment: x\nkind: grid\ngrid: {loss.alpha: [32, 0]}\n")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="timing", storage=f"sqlite:///{root}/optuna.db", direction="maximize")
-    study.set_user_attr("spec", {"experiment": "timing", "kind": "grid", "grid": {"loss.alpha": [4, 8, 16, 32]}})
+    study.set_user_attr(ATTR_SPEC, {"experiment": "timing", "kind": "grid", "grid": {"loss.alpha": [4, 8, 16, 32]}})
     for a in (4, 8, 16, 32):
         study.enqueue_trial({"loss.alpha": a})
     study.optimize(lambda t: 1 / t.suggest_categorical("loss.alpha", [4, 8, 16, 32]), n_trials=4)

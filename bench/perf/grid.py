@@ -84,6 +84,7 @@ def one(spec, settings, pack: str, datasets: dict) -> tuple[float, list[float], 
     """(wall seconds, [seconds the main thread was blocked in tracking, CPU seconds of the
     background writer], test R@1 per cell) of one run of the grid."""
     from bench.studies import run_study
+    from bench.record.names import METRIC_TEST_RECALL_AT_1, ROLE_TRIAL
     from bench.tracking import Tracker
 
     with tempfile.TemporaryDirectory() as d:
@@ -96,7 +97,7 @@ def one(spec, settings, pack: str, datasets: dict) -> tuple[float, list[float], 
             run_study(part, s, progress=False, datasets=datasets)
             wall = time.perf_counter() - t0
         tracker = Tracker(s.tracking_uri, spec.experiment, s.artifact_root)
-        r1 = {r.info.run_name: r.data.metrics.get("test_recall_at_1", float("nan")) for r in tracker.runs("trial")}
+        r1 = {r.info.run_name: r.data.metrics.get(METRIC_TEST_RECALL_AT_1, float("nan")) for r in tracker.runs(ROLE_TRIAL)}
         return wall, list(spent), r1
 
 

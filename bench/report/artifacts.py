@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.record.names import ARTIFACT_REPORT_DIR as ARTIFACT_PATH
 from bench.report.runs import RunSet
-
-ARTIFACT_PATH = "report"
 
 
 def log_report(client, rs: RunSet, out: Path) -> tuple[list[str], list[str]]:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Iterator
 
@@ -38,14 +39,22 @@ def marker(i: int) -> str:
     return MARKERS[i % len(MARKERS)]
 
 
-@contextlib.contextmanager
-def paper_style() -> Iterator[object]:
-    """``matplotlib.pyplot`` (Agg backend) with :data:`RC` applied for the block."""
+@functools.cache
+def _pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, chosen once, when the process
+    draws its first figure (not on every figure, not at import)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[object]:
+    """``matplotlib.pyplot`` (Agg backend) with :data:`RC` applied for the block."""
+    plt = _pyplot()
     with plt.rc_context(RC):
         yield plt
 

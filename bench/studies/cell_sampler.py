@@ -16,6 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 
+from bench.record.names import ATTR_WORKER
 from bench.studies import optuna_compat
 from bench.studies.recovery import worker_id
 
@@ -38,7 +39,7 @@ class CellSampler(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         # Say who runs the trial right away, so a worker that dies before its objective
         # starts is recognised as dead (recovery.reap).
-        optuna_compat.set_user_attr(self._storage, study.study_name, trial.number, "worker", worker_id())
+        optuna_compat.set_user_attr(self._storage, study.study_name, trial.number, ATTR_WORKER, worker_id())
         if optuna_compat.queued_params(trial) is None:
             self._chosen[trial.number] = self._next_cell(self._rng)
 

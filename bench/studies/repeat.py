@@ -43,9 +43,10 @@ def fresh_seeds(used: set[int], n: int) -> list[int]:
 def _config(client, run_id: str) -> dict[str, Any]:
     import yaml
 
-    from bench.report.runs import read_artifact
+    from bench.record import names as n
+    from bench.record.reader import read_artifact
 
-    text = read_artifact(client, run_id, "config.yaml")
+    text = read_artifact(client, run_id, n.ARTIFACT_CONFIG)
     if text is None:
         raise ConfigError(f"run {run_id} has no config.yaml artifact to repeat from; is the artifact store reachable?")
     return yaml.safe_load(text)
@@ -53,12 +54,13 @@ def _config(client, run_id: str) -> dict[str, Any]:
 
 def _earlier_seeds(client, experiment_id: str, name: str) -> list[int] | None:
     """The seeds an earlier ``bench repeat`` gave study ``name``, from its parent run's study.yaml."""
-    from bench.report.runs import study_yaml
-    from bench.tracking import ROLE, STUDY
+    from bench.record import names as n
+    from bench.record.reader import study_yaml
 
-    found = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{name}'")
+    flt = n.tag_filter(n.BENCH_ROLE, n.ROLE_PARENT) + " and " + n.tag_filter(n.BENCH_STUDY, name)
+    found = client.search_runs([experiment_id], flt)
     for r in sorted(found, key=lambda r: (r.info.start_time, r.info.run_id)):
-        seeds = (study_yaml(client, r.info.run_id).get("grid") or {}).get("train.seed")
+        seeds = (study_yaml(client, r.info.run_id).get("grid") or {}).get(n.PARAM_SEED)
         if seeds is not None:
             return [int(s) for s in seeds]
     return None
@@ -67,7 +69,8 @@ def _earlier_seeds(client, experiment_id: str, name: str) -> list[int] | None:
 def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | None = None,
                  tracking_uri: str = "") -> list[RepeatPlan]:
     """One plan per study of ``experiment`` (or of ``studies``) with a selected cell."""
-    from bench.report.runs import load_runset
+    from bench.record import names as n
+    from bench.record.reader import load_runset
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -81,7 +84,7 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
         if (studies and st.name not in studies) or st.selected is None:
             continue
         grid = rs.grid_runs(key)
-        used = {int(float(s)) for s in grid["params.train.seed"].dropna()}
+        used = {int(float(s)) for s in grid[n.param_column(n.PARAM_SEED)].dropna()}
         chosen = grid[grid["cell"] == st.selected].sort_values("run_id")
         config = _config(client, chosen["run_id"].iloc[0])
         fresh = fresh_seeds(used, seeds)
@@ -91,7 +94,7 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
                               f"{len(before)} resumes it (to change the count, delete that study first)")
         spec = StudySpec(experiment=experiment, study_name=st.name + REPEAT_SUFFIX, kind="grid",
                          description=f"fresh-seed repeats of {st.name}'s selected cell {st.selected}",
-                         trial=config, grid={"train.seed": fresh})
+                         trial=config, grid={n.PARAM_SEED: fresh})
         plans.append(RepeatPlan(st.name, st.parent_run_id, st.selected, fresh, spec))
     if not plans:
         raise ConfigError(f"experiment {experiment!r} has no study with a selected cell to repeat "
@@ -102,17 +105,17 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
 def run_repeats(settings: Settings, experiment: str, seeds: int, studies: Sequence[str] | None = None, *,
                 storage: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Plan and run every study's repeats; returns one summary per study."""
-    from bench.report.runs import REPEAT_OF, REPEAT_STUDY, open_store
+    from bench.record import names as n
+    from bench.record.reader import open_store
     from bench.studies.runner import run_study
-    from bench.tracking import PARENT_TAG
 
     client = open_store(settings.tracking_uri)
     plans = plan_repeats(client, experiment, seeds, studies, settings.tracking_uri)
     out = []
     for p in plans:
-        tags = {REPEAT_STUDY: p.study, REPEAT_OF: p.cell}
+        tags = {n.BENCH_REPEAT_STUDY: p.study, n.BENCH_REPEAT_OF: p.cell}
         res = run_study(p.spec, settings, storage=storage, progress=progress, trial_tags=tags)
-        for k, v in {**tags, **({PARENT_TAG: p.parent_run_id} if p.parent_run_id else {})}.items():
+        for k, v in {**tags, **({n.MLFLOW_PARENT_RUN_ID: p.parent_run_id} if p.parent_run_id else {})}.items():
             client.set_tag(res.parent_run_id, k, v)  # nest the repeats under the study in the UI
         out.append({"study": p.study, "cell": json.loads(p.cell), "seeds": p.seeds, "completed_now": res.completed,
                     "failed_now": res.failed, "already_done": res.skipped})

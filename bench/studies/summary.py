@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from bench.record.names import ATTR_BASE_TRIAL, ATTR_METRICS, ATTR_MLFLOW_RUN_ID, ATTR_SPEC, METRIC_TEST_RECALL_AT_1
 from bench.selection import DEFAULT_REPEAT_AXES, cell_of, select_cell
 
 TS = optuna.trial.TrialState
@@ -42,7 +43,7 @@ def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def repeat_axes(study: optuna.Study) -> tuple[str, ...]:
     """Axes averaged over rather than selected on: ``train.seed`` and the study file's
     ``repeat:`` keys, as recorded with the study."""
-    declared = (study.user_attrs.get("spec") or {}).get("repeat") or {}
+    declared = (study.user_attrs.get(ATTR_SPEC) or {}).get("repeat") or {}
     return tuple(dict.fromkeys([*DEFAULT_REPEAT_AXES, *(declared.get("axes") or [])]))
 
 
@@ -60,10 +61,10 @@ def selected_cell(study: optuna.Study, axes: tuple[str, ...] | None = None) -> d
     if cell is None:
         return {}
     ts = by_cell[cell]
-    keys = set.intersection(*(set(t.user_attrs.get("metrics", {})) for t in ts)) or {"test_recall_at_1"}
-    means = {k: sum(t.user_attrs.get("metrics", {}).get(k, t.user_attrs.get(k, float("nan"))) for t in ts) / len(ts)
+    keys = set.intersection(*(set(t.user_attrs.get(ATTR_METRICS, {})) for t in ts)) or {METRIC_TEST_RECALL_AT_1}
+    means = {k: sum(t.user_attrs.get(ATTR_METRICS, {}).get(k, t.user_attrs.get(k, float("nan"))) for t in ts) / len(ts)
              for k in sorted(keys)}
-    select_on = (study.user_attrs.get("base_trial", {}).get("eval", {}) or {}).get("select_on", "val")
+    select_on = (study.user_attrs.get(ATTR_BASE_TRIAL, {}).get("eval", {}) or {}).get("select_on", "val")
     return {"number": ts[0].number, "params": json.loads(cell), "value": sum(t.value for t in ts) / len(ts),
-            "test_recall_at_1": means.get("test_recall_at_1", float("nan")), "metrics": means,
-            "repeats": len(ts), "select_on": select_on, "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
+            "test_recall_at_1": means.get(METRIC_TEST_RECALL_AT_1, float("nan")), "metrics": means,
+            "repeats": len(ts), "select_on": select_on, "mlflow_run_id": ts[0].user_attrs.get(ATTR_MLFLOW_RUN_ID)}

@@ -21,7 +21,7 @@ COLUMNS = ["dataset", "study", "label", "source", "metric", "epoch", "n", "mean"
 
 
 def curves(client, rs: RunSet) -> pd.DataFrame:
-    from bench.tracking import CURVE
+    from bench.record.names import curve
 
     rows = []
     for key, st in rs.studies.items():
@@ -31,7 +31,7 @@ def curves(client, rs: RunSet) -> pd.DataFrame:
         metric = score_name(st.select_on)
         per_epoch: dict[int, dict[str, float]] = {}
         for r in runs.itertuples():
-            for m in client.get_metric_history(r.run_id, f"{CURVE}{metric}"):
+            for m in client.get_metric_history(r.run_id, curve(metric)):
                 per_epoch.setdefault(int(m.step), {})[r.run_id] = float(m.value)
         best = {r: int(b) for r, b in zip(runs["run_id"], pd.to_numeric(runs.get("metrics.best_epoch"), errors="coerce"))
                 if b == b}

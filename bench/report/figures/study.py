@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.record import names as n
 from bench.report.output import Figure
 from bench.report.runs import RunSet, Study
 from bench.report.style import COLUMN, PAGE, paper_style, save
@@ -70,15 +71,15 @@ def _from_tracking(st: Study, rs: RunSet):
         return None
     study = optuna.create_study(study_name=st.name, direction="maximize")
     runs = rs.grid_runs(st.key)
-    order = pd.to_numeric(runs.get("tags.bench.trial_number"), errors="coerce").fillna(0)
+    order = pd.to_numeric(runs.get(n.tag_column(n.BENCH_TRIAL_NUMBER)), errors="coerce").fillna(0)
     metric = f"metrics.{score_name(st.select_on)}"
     for (_, r), _n in sorted(zip(runs.iterrows(), order), key=lambda t: (t[1], t[0][1]["run_id"])):
-        params = {k: v for k, v in json.loads(r["tags.bench.cell"]).items() if k in dists}
+        params = {k: v for k, v in json.loads(r[n.tag_column(n.BENCH_CELL)]).items() if k in dists}
         value = float(r[metric]) if metric in r and r[metric] == r[metric] else math.nan
         if len(params) != len(dists) or not math.isfinite(value):
             continue
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value,
-                                                  user_attrs={"mlflow_run_id": r["run_id"]}))
+                                                  user_attrs={n.ATTR_MLFLOW_RUN_ID: r["run_id"]}))
     return study
 
 
@@ -95,7 +96,7 @@ def _trials_table(study) -> pd.DataFrame:
             continue
         row = {"number": t.number, "state": t.state.name, "value": t.value if t.value is not None else math.nan}
         row.update({f"param:{k}": v for k, v in sorted(t.params.items())})
-        row["run_ids"] = t.user_attrs.get("mlflow_run_id", "")
+        row["run_ids"] = t.user_attrs.get(n.ATTR_MLFLOW_RUN_ID, "")
         rows.append(row)
     return pd.DataFrame(rows).sort_values("number") if rows else pd.DataFrame()
 
