@@ -31,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
                          "pip install -e '.[viz]' (./dev.sh setup installs it)")
     from bench.studies.storage import check_exists
 
+    from bench.stores import check_stores
+
     url = settings_from(args).storage
     check_exists(url)
+    check_stores(storage=url, create=False)
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 

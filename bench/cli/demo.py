@@ -66,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     from bench.cli.common import settings_from
     from bench.studies.spec import check_suite
 
+    from bench.stores import check_stores
+
     settings = settings_from(args)
     specs = [load_spec(f) for f in files]
+    check_stores(settings.tracking_uri, settings.storage)  # before any store is created
     for spec in specs:  # every file checked before the first trial
         check_suite(spec, settings)
     root = Path(args.out or "reports")
