@@ -93,6 +93,9 @@ def probe(what: str, url: str) -> None:
 #: address fails in seconds rather than after MLflow's minutes of retries.
 PROBE_TIMEOUT_S = 4.0
 
+#: Seconds the REST call may take once the server's ``/health`` has answered.
+API_TIMEOUT_S = 30.0
+
 #: Schemes the tracking URI may use (a plain path is MLflow's file store).
 TRACKING_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "http", "https", "file", "databricks")
 
@@ -127,7 +130,7 @@ def check_tracking(uri: str, *, create: bool = True) -> None:
         probe_http(what, uri)
     elif scheme in ("postgresql", "postgres"):
         probe(what, uri)
-    elif scheme == "sqlite" and create:
+    elif uri.startswith("sqlite:///") and create:
         check_file(what, uri, Path(uri[len("sqlite:///"):]).expanduser())
 
 
@@ -179,7 +182,6 @@ def probe_http(what: str, uri: str) -> None:
     (``$MLFLOW_TRACKING_TOKEN``, ``$MLFLOW_TRACKING_USERNAME``/``PASSWORD``, or the URL's)."""
     import base64
     import json
-    import socket
     import ssl
     import urllib.error
     import urllib.parse
@@ -205,31 +207,29 @@ def probe_http(what: str, uri: str) -> None:
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     context = None
     if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
         if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
-            context = ssl._create_unverified_context()
-        else:
-            context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     where = f"{what} {mask_url(uri)}"
-    status, body = 0, b""
+
+    def get(request, timeout: float) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as r:
+                return r.status, r.read(65536)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(65536) if e.fp else b""
+        except (urllib.error.URLError, OSError) as e:
+            raise StoreError(f"{where}: {_unreachable(getattr(e, 'reason', e))}") from None
+
+    # /health answers at once (no store behind it); MLflow's first API call may open and
+    # migrate its database, so once /health has said "OK" that call gets longer.
+    alive = get(urllib.request.Request(f"{base}/health"), PROBE_TIMEOUT_S) == (200, b"OK")
     try:
-        with urllib.request.urlopen(req, timeout=PROBE_TIMEOUT_S, context=context) as r:
-            status, body = r.status, r.read(65536)
-    except urllib.error.HTTPError as e:
-        status, body = e.code, e.read(65536) if e.fp else b""
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, ssl.SSLError):
-            fix = (f"its TLS certificate is not trusted ({reason}); set MLFLOW_TRACKING_SERVER_CERT_PATH "
-                   "to its CA file")
-        elif isinstance(reason, socket.gaierror):
-            fix = "unknown host name; fix the host in the URL"
-        elif isinstance(reason, ConnectionRefusedError):
-            fix = "nothing listens there (connection refused); start the server (bench server), or fix the host and port"
-        elif isinstance(reason, (TimeoutError, socket.timeout)):
-            fix = f"no answer within {PROBE_TIMEOUT_S:g} s; check the host and port, and that the server runs"
-        else:
-            fix = f"cannot reach the server ({mask_url(reason)}); start it, or fix the host and port in the URL"
-        raise StoreError(f"{where}: {fix}") from None
+        status, body = get(req, API_TIMEOUT_S if alive else PROBE_TIMEOUT_S)
+    except StoreError:
+        if alive:
+            return  # a live MLflow server, slow to open its store: MLflow's client waits for it
+        raise
     if status in (401, 403):
         raise StoreError(f"{where}: the server refused the credentials (HTTP {status}); set MLFLOW_TRACKING_USERNAME "
                          "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
@@ -242,6 +242,22 @@ def probe_http(what: str, uri: str) -> None:
     if not (isinstance(answer, dict) and ("experiment" in answer or "error_code" in answer)):
         raise StoreError(f"{where}: something answers there (HTTP {status}) but not an MLflow tracking server; "
                          "check the port and path (bench server prints the address to use)")
+
+
+def _unreachable(reason: object) -> str:
+    """What a failed connection to a tracking server means, and what to do."""
+    import socket
+    import ssl
+
+    if isinstance(reason, ssl.SSLError):
+        return f"its TLS certificate is not trusted ({reason}); set MLFLOW_TRACKING_SERVER_CERT_PATH to its CA file"
+    if isinstance(reason, socket.gaierror):
+        return "unknown host name; fix the host in the URL"
+    if isinstance(reason, ConnectionRefusedError):
+        return "nothing listens there (connection refused); start the server (bench server), or fix the host and port"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"no answer within {PROBE_TIMEOUT_S:g} s; check the host and port, and that the server runs"
+    return f"cannot reach the server ({mask_url(reason)}); start it, or fix the host and port in the URL"
 
 
 def env_number(name: str, *, integer: bool, example: str) -> None:
