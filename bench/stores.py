@@ -254,10 +254,12 @@ def _unreachable(reason: object) -> str:
     if isinstance(reason, socket.gaierror):
         return "unknown host name; fix the host in the URL"
     if isinstance(reason, ConnectionRefusedError):
-        return "nothing listens there (connection refused); start the server (bench server), or fix the host and port"
+        return ("the tracking server does not answer (connection refused: nothing listens there); "
+                "start it (bench server), or fix the host and port")
     if isinstance(reason, (TimeoutError, socket.timeout)):
-        return f"no answer within {PROBE_TIMEOUT_S:g} s; check the host and port, and that the server runs"
-    return f"cannot reach the server ({mask_url(reason)}); start it, or fix the host and port in the URL"
+        return (f"the tracking server does not answer (no answer within {PROBE_TIMEOUT_S:g} s); "
+                "check the host and port, and that the server runs")
+    return f"the tracking server does not answer ({mask_url(reason)}); start it, or fix the host and port in the URL"
 
 
 def env_number(name: str, *, integer: bool, example: str) -> None:
