@@ -137,3 +137,22 @@ def test_report_out_never_replaces_other_work(tmp_path, monkeypatch):
         (t / "index.html").write_text("new")
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["index.html"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_variant_study_name_too_long_is_refused_at_load(project, capsys):
+    argv = ["grid", study_file(project, experiment="e" * 90, variants={"v" * 20: {"trial": {}}})]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "its study name" in err and "111 characters long" in err and "Traceback" not in err
+
+
+def test_an_existing_study_with_a_bad_name_can_still_be_deleted(project, capsys):
+    """Studies made before names were checked must not be stuck in the storage."""
+    import optuna
+
+    from bench.studies.storage import make_storage
+
+    storage = make_storage(f"journal:{project}/optuna.journal")
+    optuna.create_study(study_name="old/bad", storage=storage)
+    assert main(["studies", "delete", "old/bad", "--yes"]) == 0
+    assert optuna.get_all_study_names(storage) == []

@@ -144,6 +144,10 @@ class StudySpec(BaseModel):
     @model_validator(mode="after")
     def _kind(self) -> "StudySpec":
         if self.variants:
+            for vname in self.variants:  # each variant's study name, <study>.<variant>, is a name too
+                error = name_error(f"{self.name}.{vname}")
+                if error:
+                    raise ValueError(f"variants.{vname}: its study name {error}")
             return self  # each variant is checked when expanded
         if self.kind == "grid" and not self.grid:
             raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
