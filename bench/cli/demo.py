@@ -64,9 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise UsageError(f"no study files in {FIGURES}/; run bench demo --all from the repository root")
     from bench.cli.common import settings_from
-    from bench.studies.spec import check_suite
-
     from bench.stores import check_stores
+    from bench.studies.spec import check_suite
 
     settings = settings_from(args)
     specs = [load_spec(f) for f in files]

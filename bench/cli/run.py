@@ -27,7 +27,6 @@ def print_epoch(epoch: int, m: dict[str, float]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.config import resolve_trial
-
     from bench.names import check_name
 
     s = settings_from(args)

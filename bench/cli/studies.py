@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -54,9 +55,8 @@ def register(sub) -> None:
 
 
 def _storage(args: argparse.Namespace):
-    from bench.studies.storage import check_exists
-
     from bench.stores import check_stores
+    from bench.studies.storage import check_exists
 
     url = settings_from(args).storage
     check_exists(url)  # before Optuna is imported: a wrong path answers at once
@@ -201,8 +201,7 @@ def run_delete(args: argparse.Namespace) -> int:
 
     s = settings_from(args)
     storage = _storage(args)
-    if s.tracking_uri:
-        check_stores(s.tracking_uri, create=False)
+    check_stores(s.tracking_uri, create=False)
     studies = _studies(storage)
     names = studies_to_delete(studies, args.name)
     if not names and name_error(args.name):  # an existing study of any name may be deleted
@@ -232,8 +231,6 @@ def run_delete(args: argparse.Namespace) -> int:
         client.delete_run(r.info.run_id)
     for n in names:
         optuna.delete_study(study_name=n, storage=storage)
-    import shlex
-
     gc_uri = shlex.quote(s.tracking_uri) if s.tracking_uri.startswith("sqlite:") else "<tracking URI>"
     print(f"deleted {', '.join(names)} and {len(runs)} runs; the experiment stays (empty of them). The runs sit in "
           f"MLflow's trash until: mlflow gc --backend-store-uri {gc_uri}", file=sys.stderr)

@@ -309,7 +309,7 @@ def check_size(spec: StudySpec, path: str, yes: bool) -> None:
     (``range(0, 1000)`` for ``range(0, 10)``) should not start a month of training."""
     n = grid_size(spec)
     if n > CONFIRM_CELLS and not yes:
-        axes = " x ".join(f"{len(v)} {k}" for part in spec.expand() for k, v in part.grid.items())
+        axes = " + ".join(" x ".join(f"{len(v)} {k}" for k, v in part.grid.items()) for part in spec.expand())
         raise ConfigError(f"{path}: the grid has {n:,} cells ({axes}), more than {CONFIRM_CELLS:,}; "
                           f"shrink the grid, or pass --yes to run them all")
 
