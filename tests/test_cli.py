@@ -183,3 +183,16 @@ def test_datasets_list_says_built_in_or_where_files_go(workdir, capsys):
     assert main(["datasets", "list"]) == 0
     out = capsys.readouterr().out
     assert "built in" in out and str(workdir / "data" / "cars") in out
+
+
+def test_doctor_reports_an_unreachable_tracking_server_at_once(workdir, capsys):
+    """Without the store check doctor waited out MLflow's retries (minutes) before saying so."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["doctor", "--tracking-uri", f"http://127.0.0.1:{port}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tracking_store"].startswith("error: StoreError: --tracking-uri") and "connection refused" in info[
+        "tracking_store"]
