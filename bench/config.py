@@ -341,6 +341,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if p.exists():
         try:
             raw = yaml.safe_load(p.read_text()) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"settings file {p}: not a text file (byte {e.start} is not UTF-8); give a YAML file") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -36,5 +36,6 @@ def check_against_dataset(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[st
             continue
         refs = len(split.gallery) if split.gallery is not None else len(split) - 1
         if max(ks) > refs:
-            problems.append(f"eval.ks reaches {max(ks)} but the {name} split has only {refs} references")
+            problems.append(f"eval.ks reaches {max(ks)} but the {name} split has only {refs} references; "
+                            f"keep eval.ks at most {refs}")
     return problems

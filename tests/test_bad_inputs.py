@@ -136,3 +136,60 @@ def test_mask_url():
     assert mask_url("postgresql+psycopg://u:p%40ss@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
     assert mask_url("error at http://tok:abc@x/y and sqlite:///a.db") == "error at http://tok:***@x/y and sqlite:///a.db"
     assert mask_url("https://host:5000/path") == "https://host:5000/path"  # a port is not a password
+
+
+def test_binary_study_file_and_settings_file_are_named(project, capsys):
+    (project / "bin.yaml").write_bytes(b"\xdd\x00\xff binary")
+    line = one_line_error(capsys, ["grid", "bin.yaml"])
+    assert "bin.yaml: not a text file" in line and "codec" not in line
+    (project / "bench.yaml").write_bytes(b"\xff\xfe\x00")
+    line = one_line_error(capsys, ["grid", "g.yaml"])
+    assert "bench.yaml: not a text file" in line
+
+
+def test_non_numeric_heartbeat_names_the_variable(project, capsys, monkeypatch):
+    monkeypatch.setenv("BENCH_HEARTBEAT", "abc")
+    line = one_line_error(capsys, ["grid", "g.yaml", "--storage", f"sqlite:///{project}/o.db"])
+    assert line == "error: BENCH_HEARTBEAT='abc': give a whole number of seconds above 0, e.g. BENCH_HEARTBEAT=15 " \
+                   "(or unset it)"
+    monkeypatch.setenv("BENCH_HEARTBEAT", "5")
+    monkeypatch.setenv("BENCH_SQLITE_TIMEOUT", "-1")
+    assert "BENCH_SQLITE_TIMEOUT='-1'" in one_line_error(capsys, ["grid", "g.yaml"])
+    assert not (project / "o.db").exists() and not (project / "mlruns").exists()
+
+
+def test_run_names_eval_ks_when_the_dataset_is_too_small(project, capsys):
+    line = one_line_error(capsys, ["run", "--set", "eval.ks=[1,100000]"])
+    assert "eval.ks reaches 100000" in line and "keep eval.ks at most" in line
+    assert not (project / "mlruns").exists()  # found before the run was created
+
+
+@pytest.mark.parametrize("axis", ["loss.alpha: [8, 8.0]", "train.epochs: [1, 1.0]", "loss.delta: [0.1, '0.1']"])
+def test_grid_values_equal_after_coercion_are_repeats(project, capsys, axis):
+    (project / "dup.yaml").write_text(f"experiment: dup\nkind: grid\ngrid: {{{axis}, train.seed: [0, 1]}}\n")
+    line = one_line_error(capsys, ["grid", "dup.yaml"])
+    key = axis.split(":")[0]
+    assert line.startswith(f"error: grid.{key}: ") and "the same value" in line and "keep one" in line
+    assert not (project / "mlruns").exists() and not (project / "optuna.journal").exists()
+
+
+def test_distinct_values_after_coercion_pass(tiny_trial):
+    from bench.config import Settings
+    from bench.studies import StudySpec
+    from bench.studies.spec import validate_cells
+
+    spec = StudySpec(experiment="ok", grid={"loss.alpha": [8, 8.5, 16.0], "loss.name": ["proxy_anchor", "proxy_nca"]})
+    assert len(validate_cells(Settings(trial=tiny_trial), spec)) == 6
+
+
+def test_a_grid_over_ten_thousand_cells_needs_yes(project, capsys):
+    from bench.cli import grid
+    from bench.studies import spec
+
+    assert grid.CONFIRM_CELLS == spec.CONFIRM_CELLS  # the CLI's copy (kept import-free) matches
+    (project / "huge.yaml").write_text("experiment: huge\nkind: grid\n"
+                                       f"grid: {{loss.alpha: {list(range(1, 1001))}, train.seed: {list(range(1000))}}}\n")
+    line = one_line_error(capsys, ["grid", "huge.yaml"])
+    assert "1,000,000 cells (1000 loss.alpha x 1000 train.seed)" in line and "--yes" in line
+    assert not (project / "mlruns").exists() and not (project / "optuna.journal").exists()
+    spec.check_size(spec.load_spec(project / "huge.yaml"), "huge.yaml", yes=True)  # --yes lets it through

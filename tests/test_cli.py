@@ -73,6 +73,20 @@ def test_grid_then_report_from_cli(workdir, capsys):
     assert (workdir / "rep" / "index.md").read_text().count("| Proxy-Anchor | cli-grid |") == 1
 
 
+def test_next_step_hint_is_shell_quoted_and_an_odd_name_reports(workdir, capsys):
+    """A name with a quote and a space is fine as a folder; the hint must survive a shell."""
+    import shlex
+
+    (workdir / "g.yaml").write_text(yaml.safe_dump({"experiment": "bob's grid", "kind": "grid",
+                                                    "grid": {"loss.alpha": [8]}}))
+    assert main(["grid", "g.yaml", "--no-progress", "--set", "train.epochs=1"]) == 0
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    command = hint.split(": ", 1)[1]
+    assert shlex.split(command) == ["bench", "report", "--experiment", "bob's grid"]
+    assert main(shlex.split(command)[1:] + ["--no-log"]) == 0
+    assert (workdir / "reports" / "bob's grid" / "index.html").is_file()
+
+
 def test_console_entry_points():
     r = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
@@ -169,3 +183,16 @@ def test_datasets_list_says_built_in_or_where_files_go(workdir, capsys):
     assert main(["datasets", "list"]) == 0
     out = capsys.readouterr().out
     assert "built in" in out and str(workdir / "data" / "cars") in out
+
+
+def test_doctor_reports_an_unreachable_tracking_server_at_once(workdir, capsys):
+    """Without the store check doctor waited out MLflow's retries (minutes) before saying so."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["doctor", "--tracking-uri", f"http://127.0.0.1:{port}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tracking_store"].startswith("error: StoreError: --tracking-uri") and "connection refused" in info[
+        "tracking_store"]

@@ -29,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise UsageError("bench dashboard needs optuna-dashboard, which the viz extra installs: "
                          "pip install -e '.[viz]' (./dev.sh setup installs it)")
+    from bench.stores import check_stores
     from bench.studies.storage import check_exists
 
     url = settings_from(args).storage
     check_exists(url)
+    check_stores(storage=url, create=False)
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 

@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise UsageError(f"no study files in {FIGURES}/; run bench demo --all from the repository root")
     from bench.cli.common import settings_from
+    from bench.stores import check_stores
     from bench.studies.spec import check_suite
 
     settings = settings_from(args)
     specs = [load_spec(f) for f in files]
+    check_stores(settings.tracking_uri, settings.storage)  # before any store is created
     for spec in specs:  # every file checked before the first trial
         check_suite(spec, settings)
     root = Path(args.out or "reports")

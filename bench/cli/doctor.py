@@ -45,6 +45,9 @@ def _empty_server(url: str, table: str) -> bool:
 
 
 def tracking_status(uri: str) -> str:
+    from bench.stores import check_tracking
+
+    check_tracking(uri, create=False)  # a server that does not answer: in seconds, not MLflow's minutes
     path = tracking_file(uri)
     if path is not None and not path.is_file():
         return f"not created yet: {path.absolute()} (the first tracked run creates it)"

@@ -52,7 +52,10 @@ def experiment_rows(client) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.stores import check_stores
+
     s = settings_from(args)
+    check_stores(s.tracking_uri, create=False)
     rows = experiment_rows(open_tracking(s.tracking_uri))
     for r in rows:
         r["last_run"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_run"] / 1000)) if r["last_run"] else None

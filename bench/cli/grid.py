@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from bench.cli.common import add_store_options, add_threads_option, parse_sets, settings_from
+
+#: Grids above this many cells need ``--yes`` (:data:`bench.studies.spec.CONFIRM_CELLS`;
+#: repeated here so ``bench grid --help`` imports no study code).
+CONFIRM_CELLS = 10_000
 
 
 def register(sub) -> None:
@@ -19,6 +24,8 @@ def register(sub) -> None:
         g.add_argument("--pack", choices=("auto", "off"), default=None,
                        help="train same-shape head-only cells together (auto) or every trial alone (off); "
                             "default: the file's pack: (auto)")
+        g.add_argument("-y", "--yes", action="store_true",
+                       help=f"run a grid of more than {CONFIRM_CELLS:,} cells (refused without it)")
         add_store_options(g)
         add_threads_option(g)
         g.set_defaults(fn=lambda a, k=kind: run(a, k))
@@ -31,13 +38,16 @@ def run(args: argparse.Namespace, kind: str) -> int:
     s = settings_from(args)
     spec = load_spec(args.file)
     if spec.kind != kind:
-        raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
+        raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {shlex.quote(args.file)}")
     if getattr(args, "pack", None) is not None:
         spec = spec.model_copy(update={"pack": args.pack})
     for k, v in parse_sets(args.set).items():  # applied last, over every variant's own trial settings
         set_dotted(spec.overrides, k, v)
-    from bench.studies.spec import check_suite
+    from bench.stores import check_stores
+    from bench.studies.spec import check_size, check_suite
 
+    check_size(spec, args.file, getattr(args, "yes", False))
+    check_stores(s.tracking_uri, s.storage)  # every store answers before anything is created in any
     datasets = check_suite(spec, s)  # every cell against its dataset, before the runner's imports
     from bench.studies import run_suite
 
@@ -50,5 +60,5 @@ def run(args: argparse.Namespace, kind: str) -> int:
         rows += run_repeats(s, spec.experiment, spec.repeat.seeds, [o.study_name for o in outs],
                             storage=s.storage, progress=not args.no_progress)
     print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2, default=str))
-    print(f"experiment {spec.experiment!r}: bench report --experiment {spec.experiment}", file=sys.stderr)
+    print(f"experiment {spec.experiment!r}: bench report --experiment {shlex.quote(spec.experiment)}", file=sys.stderr)
     return 0

@@ -30,7 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    from bench.names import check_name
+    from bench.stores import check_stores
+
+    check_name(args.experiment, "--experiment")
+    for name in args.study or []:
+        check_name(name, "--study")
     s = settings_from(args)
+    check_stores(s.tracking_uri, s.storage)
     from bench.report import ReportInputError
     from bench.studies.repeat import run_repeats
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from bench.cli.common import UsageError, add_store_options, settings_from
 
@@ -43,12 +44,21 @@ def parse_where(pairs: list[str] | None) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.names import check_name
+    from bench.stores import check_stores
+
+    for name in args.experiment:
+        check_name(name, "--experiment")
     s = settings_from(args)
     where = parse_where(args.where)
     if args.axes and len(args.axes) > 2:
         raise UsageError(f"--axes takes one or two axes, got {len(args.axes)}; fix the others with --where AXIS=VALUE")
-    from bench.report import ReportInputError, build_report
+    check_stores(s.tracking_uri, create=False)
+    from bench.report import ReportInputError, build_report, default_out
+    from bench.report.output import check_inside
 
+    if args.out is None:  # reports/<name>: proven to lie inside reports/ before it is replaced
+        check_inside(default_out(args.experiment), Path("reports"), "--experiment")
     try:
         res = build_report(s.tracking_uri, args.experiment, args.out, axes=args.axes, where=where,
                            storage=s.storage, ui_url=args.ui_url or os.environ.get("BENCH_UI_URL") or s.ui_url,

@@ -28,17 +28,28 @@ def print_epoch(epoch: int, m: dict[str, float]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.config import resolve_trial
+    from bench.names import check_name
 
     s = settings_from(args)
     sets = parse_sets(args.set)
     cfg = resolve_trial(s.trial, dotted=sets)  # validated before anything heavy is imported
+    if not args.no_track:
+        from bench.stores import check_stores
+
+        check_name(args.experiment, "--experiment")
+        check_stores(s.tracking_uri)
+    from bench.studies.spec import preflight
+
+    datasets: dict = {}
+    preflight([cfg], datasets, s.data_root)  # what the dataset cannot give (eval.ks, batch size), named
+    dataset = next(iter(datasets.values()))
     from bench import threads
     from bench.train import run_trial
 
     threads.apply(s.threads)
 
     if args.no_track:
-        result = run_trial(cfg, data_root=s.data_root, callbacks=[print_epoch] if args.verbose else [])
+        result = run_trial(cfg, dataset, data_root=s.data_root, callbacks=[print_epoch] if args.verbose else [])
     else:
         from bench.secrets import mask_url
         from bench.record.writer import Tracker
@@ -47,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         run_ = tracker.start_trial(None, args.experiment, 0, cfg.model_dump(mode="json"), sets)
         cbs = [run_.log_epoch] + ([print_epoch] if args.verbose else [])
         try:
-            result = run_trial(cfg, data_root=s.data_root, callbacks=cbs, on_setup=run_.log_setup)
+            result = run_trial(cfg, dataset, data_root=s.data_root, callbacks=cbs, on_setup=run_.log_setup)
         except Exception as e:
             run_.fail(f"{type(e).__name__}: {e}")
             raise

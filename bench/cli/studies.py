@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -56,10 +57,12 @@ def register(sub) -> None:
 
 
 def _storage(args: argparse.Namespace):
+    from bench.stores import check_stores
     from bench.studies.storage import check_exists
 
     url = settings_from(args).storage
     check_exists(url)  # before Optuna is imported: a wrong path answers at once
+    check_stores(storage=url, create=False)  # a server that does not answer: in seconds
     from bench.studies.storage import make_storage
 
     return make_storage(url, create=False)
@@ -195,10 +198,16 @@ def runs_of(client, experiment_ids: list[str], study_names: set[str]) -> list[An
 def run_delete(args: argparse.Namespace) -> int:
     import optuna
 
+    from bench.names import name_error
+    from bench.stores import check_stores
+
     s = settings_from(args)
     storage = _storage(args)
+    check_stores(s.tracking_uri, create=False)
     studies = _studies(storage)
     names = studies_to_delete(studies, args.name)
+    if not names and name_error(args.name):  # an existing study of any name may be deleted
+        raise UsageError(f"study name {name_error(args.name)}")
     if not names:
         raise UsageError(f"no study or experiment {args.name!r} in the study storage; {_known(studies)}")
     experiments = sorted({(studies[n].user_attrs.get(ATTR_SPEC) or {}).get("experiment") or n for n in names})
@@ -224,7 +233,7 @@ def run_delete(args: argparse.Namespace) -> int:
         client.delete_run(r.info.run_id)
     for n in names:
         optuna.delete_study(study_name=n, storage=storage)
-    gc_uri = s.tracking_uri if s.tracking_uri.startswith("sqlite:") else "<tracking URI>"
+    gc_uri = shlex.quote(s.tracking_uri) if s.tracking_uri.startswith("sqlite:") else "<tracking URI>"
     print(f"deleted {', '.join(names)} and {len(runs)} runs; the experiment stays (empty of them). The runs sit in "
           f"MLflow's trash until: mlflow gc --backend-store-uri {gc_uri}", file=sys.stderr)
     return 0

@@ -40,26 +40,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def ui_command(args: argparse.Namespace, tracking_uri: str, artifact_root: str,
+               port: int) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow ui`` command line and the environment it needs. The store URL (which
+    may hold a password) goes through the environment (``MLFLOW_BACKEND_STORE_URI``, which
+    ``mlflow ui`` reads like its ``--backend-store-uri``), never onto a command line that
+    every local user can read in ``ps``."""
+    from bench.record.writer import prepare_tracking_uri
+
+    env = {"MLFLOW_BACKEND_STORE_URI": prepare_tracking_uri(tracking_uri)}
+    if "://" not in artifact_root:
+        env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = Path(artifact_root).resolve().as_uri()
+    cmd = ["mlflow", "ui", "--host", args.host if args.plain else "127.0.0.1", "--port", str(port),
+           "--workers", str(args.workers)]
+    exe = Path(sys.executable).parent / "mlflow"
+    cmd[0] = str(exe) if exe.exists() else cmd[0]
+    return cmd, env
+
+
 def run(args: argparse.Namespace) -> int:
     s = settings_from(args)
     from bench.secrets import mask_url
-    from bench.record.writer import prepare_tracking_uri
 
     inner = args.port if args.plain else _free_port()
-    cmd = ["mlflow", "ui", "--backend-store-uri", prepare_tracking_uri(s.tracking_uri),
-           "--host", args.host if args.plain else "127.0.0.1", "--port", str(inner), "--workers", str(args.workers)]
-    if "://" not in s.artifact_root:
-        cmd += ["--default-artifact-root", Path(s.artifact_root).resolve().as_uri()]
-    exe = Path(sys.executable).parent / "mlflow"
-    cmd[0] = str(exe) if exe.exists() else cmd[0]
-    print("running: " + mask_url(" ".join(cmd)), file=sys.stderr)
+    cmd, env = ui_command(args, s.tracking_uri, s.artifact_root, inner)
+    shown = " ".join(f"{k}={mask_url(v)}" for k, v in env.items())
+    print(f"running: {shown} {' '.join(cmd)}", file=sys.stderr)
     if args.plain:
         print(f"open http://{args.host}:{args.port}/ and pick 'Model training' at the top left (once: the browser "
               "remembers it)", file=sys.stderr)
-        os.execv(cmd[0], cmd)
+        os.execve(cmd[0], cmd, {**os.environ, **env})
     from bench.ui_front import serve
 
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, **env})
     try:
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:

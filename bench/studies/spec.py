@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.config import ConfigError, Settings, TrialConfig, merge, resolve_trial
+from bench.names import name_error
 from bench.selection import DEFAULT_REPEAT_AXES
 
 
@@ -95,6 +96,23 @@ class StudySpec(BaseModel):
             out.append(StudySpec.model_validate(d))
         return out
 
+    @field_validator("experiment", "study_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        error = None if v is None else name_error(v)
+        if error:
+            raise ValueError(error)
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, Variant]) -> dict[str, Variant]:
+        for name in v:  # each becomes part of a study name: <study>.<variant>
+            error = name_error(name)
+            if error:
+                raise ValueError(f"variant {error}")
+        return v
+
     @field_validator("grid")
     @classmethod
     def _grid(cls, g: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -126,6 +144,10 @@ class StudySpec(BaseModel):
     @model_validator(mode="after")
     def _kind(self) -> "StudySpec":
         if self.variants:
+            for vname in self.variants:  # each variant's study name, <study>.<variant>, is a name too
+                error = name_error(f"{self.name}.{vname}")
+                if error:
+                    raise ValueError(f"variants.{vname}: its study name {error}")
             return self  # each variant is checked when expanded
         if self.kind == "grid" and not self.grid:
             raise ValueError("kind: grid needs a 'grid:' mapping of dotted keys to value lists")
@@ -162,7 +184,8 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
+        lines = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg'].removeprefix('Value error, ')}"
+                 for err in e.errors()]
         raise ConfigError(f"invalid study file {p}:\n  " + "\n  ".join(lines)) from None
 
 
@@ -170,6 +193,8 @@ def read_yaml(p: Path) -> Any:
     """A YAML file's content; a syntax error becomes one line with its position."""
     try:
         return yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a text file (byte {e.start} is not UTF-8); give a YAML study file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -200,6 +225,8 @@ def validate_cells(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
             cfgs.append(resolve_trial(settings.trial, spec.effective_trial(), dotted=cell))
         except ConfigError as e:
             errors.append(f"cell {cell}: {e}")
+    if spec.kind == "grid" and not errors:
+        errors += _same_values(settings, spec)
     if errors:
         shown = errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else [])
         raise ConfigError("\n".join(shown))
@@ -238,6 +265,53 @@ def check_suite(spec: StudySpec, settings: Settings, data_root: str | None = Non
     if errors:
         raise ConfigError("\n".join(errors))
     return datasets
+
+
+def _same_values(settings: Settings, spec: StudySpec) -> list[str]:
+    """Grid values that differ as written but are one value once coerced to their config
+    field (``[8, 8.0]`` for a float, ``[1, "1"]`` for an int): they would train the same
+    cell twice. Each value is resolved with the other axes at their first value and the
+    whole trial config compared, so a loss-specific field is coerced by its own loss."""
+    first = {k: v[0] for k, v in spec.grid.items()}
+    problems = []
+    for key, values in spec.grid.items():
+        seen: dict[str, int] = {}
+        for i, x in enumerate(values):
+            try:
+                cfg = resolve_trial(settings.trial, spec.effective_trial(), dotted={**first, key: x})
+            except ConfigError:
+                continue  # reported cell by cell
+            j = seen.setdefault(cfg.model_dump_json(), i)
+            if j != i:
+                problems.append(f"grid.{key}: {values[j]!r} and {x!r} are the same value once read as the config field "
+                                f"(they would train the same cell twice); keep one of them")
+    return problems
+
+
+#: A grid with more cells than this runs only with ``--yes`` (``bench grid FILE --yes``).
+CONFIRM_CELLS = 10_000
+
+
+def grid_size(spec: StudySpec) -> int:
+    """Cells over every variant of ``spec`` (0 for a search)."""
+    total = 0
+    for part in spec.expand():
+        if part.kind == "grid":
+            n = 1
+            for v in part.grid.values():
+                n *= len(v)
+            total += n
+    return total
+
+
+def check_size(spec: StudySpec, path: str, yes: bool) -> None:
+    """Refuse a grid over :data:`CONFIRM_CELLS` cells unless ``yes``: a typo in a range
+    (``range(0, 1000)`` for ``range(0, 10)``) should not start a month of training."""
+    n = grid_size(spec)
+    if n > CONFIRM_CELLS and not yes:
+        axes = " + ".join(" x ".join(f"{len(v)} {k}" for k, v in part.grid.items()) for part in spec.expand())
+        raise ConfigError(f"{path}: the grid has {n:,} cells ({axes}), more than {CONFIRM_CELLS:,}; "
+                          f"shrink the grid, or pass --yes to run them all")
 
 
 def _value_probes(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
