@@ -74,8 +74,14 @@ def as_embeddings(x, device: torch.device | str | None = None, name: str = "embe
 
 
 def as_labels(labels, n: int, device: torch.device, name: str = "labels") -> Tensor:
-    """Labels as int64 on ``device`` (numpy or torch, any device); one per row."""
-    t = labels.detach() if isinstance(labels, Tensor) else torch.from_numpy(np.asarray(labels))
+    """Labels as int64 on ``device`` (numpy or torch, any device); one per row. Integers
+    only: class names or float labels are refused, not hashed or rounded."""
+    if not isinstance(labels, Tensor):
+        a = np.asarray(labels)
+        if a.dtype.kind not in "iub":
+            raise ValueError(f"{name} must be integers, got {a.dtype} (map class names to integer ids first)")
+        labels = torch.from_numpy(a)
+    t = labels.detach()
     if t.ndim != 1 or len(t) != n:
         raise ValueError(f"{name} must be one label per row ({n}), got shape {tuple(t.shape)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
