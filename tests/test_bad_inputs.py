@@ -136,3 +136,38 @@ def test_mask_url():
     assert mask_url("postgresql+psycopg://u:p%40ss@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
     assert mask_url("error at http://tok:abc@x/y and sqlite:///a.db") == "error at http://tok:***@x/y and sqlite:///a.db"
     assert mask_url("https://host:5000/path") == "https://host:5000/path"  # a port is not a password
+
+
+# ---------------------------------------------------------------------------- a model that cannot read the dataset
+
+
+def nothing_created(project) -> bool:
+    return not (project / "mlruns").exists() and not (project / "optuna.journal").exists()
+
+
+@pytest.mark.parametrize("argv", [["run"], ["grid", "g.yaml"], ["study", "s.yaml"]], ids=["run", "grid", "study"])
+def test_image_dataset_without_a_backbone_is_refused_before_any_store(project, capsys, argv):
+    """digits holds images, the default model a head over features: refused with the fix,
+    before MLflow or Optuna is opened (the trial itself would fail in every cell)."""
+    (project / "s.yaml").write_text("experiment: bad\nkind: study\nn_trials: 2\nspace: {loss.alpha: {uniform: [8, 16]}}\n")
+    line = one_line_error(capsys, [*argv, "--set", "data.name=digits"])
+    assert "holds images" in line and "--set model.backbone=small_cnn" in line, line
+    assert nothing_created(project)
+
+
+def test_features_with_a_backbone_is_refused_before_any_store(project, capsys):
+    line = one_line_error(capsys, ["grid", "g.yaml", "--set", "model.backbone=small_cnn"])
+    assert "holds features" in line and "--set model.backbone=none" in line, line
+    assert nothing_created(project)
+
+
+def test_one_training_class_is_refused(project, capsys):
+    """A 3-class features file: the first class trains, the other two test; a proxy loss
+    on one class would train on nothing and report test numbers as if it had."""
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    np.savez(project / "three.npz", x=x, y=np.arange(60) % 3)
+    sets = ["--set", "data.name=features", "--set", f"data.root={project / 'three.npz'}",
+            "--set", "data.val_fraction=0", "--set", "eval.select_on=test"]
+    line = one_line_error(capsys, ["grid", "g.yaml", *sets])
+    assert "loss.name=proxy_anchor needs at least 2 training classes" in line and "has 1" in line, line
+    assert nothing_created(project)

@@ -32,12 +32,16 @@ def run(args: argparse.Namespace) -> int:
     sets = parse_sets(args.set)
     cfg = resolve_trial(s.trial, dotted=sets)  # validated before anything heavy is imported
     from bench import threads
+    from bench.studies.spec import preflight
     from bench.train import run_trial
 
+    datasets: dict = {}
+    preflight([cfg], datasets, s.data_root)  # model vs data, classes, batch size: before any store is opened
+    (ds,) = datasets.values()
     threads.apply(s.threads)
 
     if args.no_track:
-        result = run_trial(cfg, data_root=s.data_root, callbacks=[print_epoch] if args.verbose else [])
+        result = run_trial(cfg, dataset=ds, callbacks=[print_epoch] if args.verbose else [])
     else:
         from bench.secrets import mask_url
         from bench.tracking import Tracker
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         run_ = tracker.start_trial(None, args.experiment, 0, cfg.model_dump(mode="json"), sets)
         cbs = [run_.log_epoch] + ([print_epoch] if args.verbose else [])
         try:
-            result = run_trial(cfg, data_root=s.data_root, callbacks=cbs, on_setup=run_.log_setup)
+            result = run_trial(cfg, dataset=ds, callbacks=cbs, on_setup=run_.log_setup)
         except Exception as e:
             run_.fail(f"{type(e).__name__}: {e}")
             raise
