@@ -157,6 +157,35 @@ def test_brute_force_gives_copies_one_value_whatever_the_gemm_rounds(monkeypatch
     assert_same(metrics_via(("fp32", "brute", None), x[:400], y[:400], x[350:], y[350:]), expected)
 
 
+def test_tree_dot_depends_on_the_row_alone():
+    """CUDA's pair evaluation: a pair's value is the same in a batch of one or of thousands,
+    at any position, and within float64's bound of the exact dot product."""
+    from bench.metrics.exact import tree_dot
+
+    rng = np.random.default_rng(2)
+    for dim in (1, 7, 33, 128, 512):
+        a, b = (torch.from_numpy(rng.normal(size=(700, dim))) for _ in range(2))
+        full = tree_dot(a, b)
+        assert all(tree_dot(a[i : i + n], b[i : i + n]).equal(full[i : i + n]) for i, n in ((0, 1), (5, 3), (333, 367)))
+        a2, b2 = torch.cat([a[:1].expand(50, -1), a]), torch.cat([b[:1].expand(50, -1), b])
+        assert bool((tree_dot(a2, b2)[:51] == full[0]).all())
+        exact = (a * b).sum(1)
+        bound = dim * 2.0**-53 / (1 - dim * 2.0**-53) * (a.abs() * b.abs()).sum(1) * 2
+        assert bool(((full - exact).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p[1] != "brute"], ids=lambda p: f"{p[1]}-{p[0]}")
+def test_search_with_the_cuda_pair_evaluation_equals_the_reference(path, monkeypatch):
+    """The passes with pairs evaluated as on CUDA (:func:`tree_dot`), here on the CPU."""
+    import bench.metrics.exact as exact_module
+
+    monkeypatch.setattr(exact_module, "row_dots", exact_module.tree_dot)
+    for data in DATA:
+        x, y = DATA[data]()
+        _, expected = reference(x, y, x, y, KS, self_search=True)
+        assert_same(metrics_via(path, x, y), expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("data", list(DATA))
 def test_cuda_search_equals_the_pairwise_reference(data):
