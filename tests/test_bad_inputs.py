@@ -171,3 +171,23 @@ def test_one_training_class_is_refused(project, capsys):
     line = one_line_error(capsys, ["grid", "g.yaml", *sets])
     assert "loss.name=proxy_anchor needs at least 2 training classes" in line and "has 1" in line, line
     assert nothing_created(project)
+
+
+def test_the_readme_digits_example_passes_the_preflight():
+    """The README's digits command, as written, is one the preflight accepts."""
+    import shlex
+    from pathlib import Path
+
+    from bench.cli.common import parse_sets
+    from bench.config import resolve_trial
+    from bench.data import create_dataset
+    from bench.preflight import check_against_dataset
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if "bench run" in x and "data.name=digits" in x]
+    argv = shlex.split(line)
+    sets = parse_sets([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    cfg = resolve_trial({}, dotted=sets)
+    assert check_against_dataset(cfg, create_dataset(cfg.data)) == []
+    without = resolve_trial({}, dotted={k: v for k, v in sets.items() if k != "model.backbone"})
+    assert "model.backbone=small_cnn" in check_against_dataset(without, create_dataset(without.data))[0]
