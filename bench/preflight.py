@@ -24,9 +24,9 @@ NO_VAL_SPLIT = ("eval.select_on=val needs a validation split: set data.val_fract
 
 #: The fix for a model that cannot read its dataset, by what the dataset holds.
 BACKBONE_FIX = {
-    "images": "set --set model.backbone=small_cnn (or resnet18/resnet50 for photos; "
-              "a study file: trial: {model: {backbone: small_cnn}})",
-    "features": "set --set model.backbone=none (a head over the features)",
+    "images": "--set model.backbone=small_cnn (resnet18/resnet50 for photos; in a study file "
+              "trial: {model: {backbone: small_cnn}})",
+    "features": "--set model.backbone=none (a head over the features)",
 }
 
 
