@@ -13,8 +13,9 @@ summation order may order the other way.
 Fast searches (:mod:`bench.metrics.coarse`) decide most comparisons from cheap scores with
 a proven error bound and evaluate the rest here, with :func:`pair_similarity`. Two identical
 pairs must get the same value whichever call evaluates them (the positives' thresholds and
-the kept negatives are evaluated in separate calls of different sizes): on the CPU a row's
-dot product is reduced in one order whatever the batch; a CUDA reduction may split a row
+the kept negatives are evaluated in separate calls of different sizes): on the CPU, on one
+intra-op thread (every caller runs it so), a row's dot product is reduced in one order
+whatever the batch (several threads may split one long row); a CUDA reduction may split a row
 differently with the batch's shape, so there the sum is a fixed pairwise tree of
 elementwise additions (:func:`tree_dot`), the same order for every pair and every batch.
 """
