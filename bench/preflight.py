@@ -1,9 +1,11 @@
 """What a config asks of its dataset that the dataset cannot give, found before any trial.
 
-A study calls :func:`check_against_dataset` on every cell after loading each distinct
-dataset once, so a batch size larger than the training split, a Recall@K deeper than a
-split or a validation-selected trial without a validation split fail before the first
-trial starts, in one message. Torch-free for the random sampler.
+``bench run`` and every study call :func:`check_against_dataset` on every cell after
+loading each distinct dataset once, so a model that cannot read the dataset (an image
+dataset without a backbone, a features file with one), a training split of one class, a
+batch size larger than the training split, a Recall@K deeper than a split or a
+validation-selected trial without a validation split fail before the first trial starts
+and before anything is written to a store, in one message naming the fix.
 """
 
 from __future__ import annotations
@@ -20,10 +22,42 @@ NO_VAL_SPLIT = ("eval.select_on=val needs a validation split: set data.val_fract
                 "(or eval.select_on=test for paper parity)")
 
 
+#: The fix for a model that cannot read its dataset, by what the dataset holds.
+BACKBONE_FIX = {
+    "images": "--set model.backbone=small_cnn (resnet18/resnet50 for photos; in a study file "
+              "trial: {model: {backbone: small_cnn}})",
+    "features": "--set model.backbone=none (a head over the features)",
+}
+
+
+def model_reads_data(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[str]:
+    """The trainer's own check (:func:`bench.train.check_model_fits_data`), as a problem
+    with its fix instead of a failed trial."""
+    from bench.train import TrialFailed, check_model_fits_data  # torch: the trainer's module
+
+    try:
+        check_model_fits_data(cfg, ds)
+    except TrialFailed as e:
+        return [f"{e}; fix: {BACKBONE_FIX[ds.kind]}"]
+    return []
+
+
+def enough_classes(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[str]:
+    """A metric-learning loss needs negatives: at least two training classes (a proxy loss
+    with one class has one proxy and nothing to push away; its loss says nothing)."""
+    if ds.num_train_classes >= 2:
+        return []
+    held = f" after data.val_fraction={cfg.data.val_fraction} held classes out" if ds.val is not None else ""
+    return [f"loss.name={cfg.loss.name} needs at least 2 training classes; dataset {ds.name!r} has "
+            f"{ds.num_train_classes}{held}; use a dataset with more classes (a features file: a 'split' "
+            "column giving train at least 2 classes)"]
+
+
 def check_against_dataset(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[str]:
-    """What in ``cfg`` this dataset cannot run (batch size vs split size, m-per-class,
-    selection split, Recall@K depth); studies call it on every cell before any trial."""
-    problems = []
+    """What in ``cfg`` this dataset cannot run (model input, training classes, batch size
+    vs split size, m-per-class, selection split, Recall@K depth); ``bench run`` and
+    studies call it on every cell before any trial."""
+    problems = model_reads_data(cfg, ds) + enough_classes(cfg, ds)
     try:
         make_batches(ds.train.y, cfg.train.batch_size, cfg.train.sampler, cfg.train.m_per_class, 0)
     except ValueError as e:

@@ -193,3 +193,56 @@ def test_a_grid_over_ten_thousand_cells_needs_yes(project, capsys):
     assert "1,000,000 cells (1000 loss.alpha x 1000 train.seed)" in line and "--yes" in line
     assert not (project / "mlruns").exists() and not (project / "optuna.journal").exists()
     spec.check_size(spec.load_spec(project / "huge.yaml"), "huge.yaml", yes=True)  # --yes lets it through
+# ---------------------------------------------------------------------------- a model that cannot read the dataset
+
+
+def nothing_created(project) -> bool:
+    return not (project / "mlruns").exists() and not (project / "optuna.journal").exists()
+
+
+@pytest.mark.parametrize("argv", [["run"], ["grid", "g.yaml"], ["study", "s.yaml"]], ids=["run", "grid", "study"])
+def test_image_dataset_without_a_backbone_is_refused_before_any_store(project, capsys, argv):
+    """digits holds images, the default model a head over features: refused with the fix,
+    before MLflow or Optuna is opened (the trial itself would fail in every cell)."""
+    (project / "s.yaml").write_text("experiment: bad\nkind: study\nn_trials: 2\nspace: {loss.alpha: {uniform: [8, 16]}}\n")
+    line = one_line_error(capsys, [*argv, "--set", "data.name=digits"])
+    assert "holds images" in line and "--set model.backbone=small_cnn" in line, line
+    assert nothing_created(project)
+
+
+def test_features_with_a_backbone_is_refused_before_any_store(project, capsys):
+    line = one_line_error(capsys, ["grid", "g.yaml", "--set", "model.backbone=small_cnn"])
+    assert "holds features" in line and "--set model.backbone=none" in line, line
+    assert nothing_created(project)
+
+
+def test_one_training_class_is_refused(project, capsys):
+    """A 3-class features file: the first class trains, the other two test; a proxy loss
+    on one class would train on nothing and report test numbers as if it had."""
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    np.savez(project / "three.npz", x=x, y=np.arange(60) % 3)
+    sets = ["--set", "data.name=features", "--set", f"data.root={project / 'three.npz'}",
+            "--set", "data.val_fraction=0", "--set", "eval.select_on=test"]
+    line = one_line_error(capsys, ["grid", "g.yaml", *sets])
+    assert "loss.name=proxy_anchor needs at least 2 training classes" in line and "has 1" in line, line
+    assert nothing_created(project)
+
+
+def test_the_readme_digits_example_passes_the_preflight():
+    """The README's digits command, as written, is one the preflight accepts."""
+    import shlex
+    from pathlib import Path
+
+    from bench.cli.common import parse_sets
+    from bench.config import resolve_trial
+    from bench.data import create_dataset
+    from bench.preflight import check_against_dataset
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if "bench run" in x and "data.name=digits" in x]
+    argv = shlex.split(line)
+    sets = parse_sets([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    cfg = resolve_trial({}, dotted=sets)
+    assert check_against_dataset(cfg, create_dataset(cfg.data)) == []
+    without = resolve_trial({}, dotted={k: v for k, v in sets.items() if k != "model.backbone"})
+    assert "model.backbone=small_cnn" in check_against_dataset(without, create_dataset(without.data))[0]

@@ -31,7 +31,7 @@ def test_run_prints_metrics_and_tracks(workdir, capsys):
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["runs"])
-    assert len(runs) == 1 and runs["params.loss.alpha"].iloc[0] == "16.0"
+    assert len(runs) == 1 and runs["params.loss.alpha"].iloc[0] == "16"  # as --set wrote it
 
 
 def test_bad_override_exits_2_naming_the_field(workdir, capsys):

@@ -59,3 +59,25 @@ def test_check_features_and_digits(tmp_path):
 def test_check_unknown_dataset():
     with pytest.raises(KeyError, match="unknown data.name .imagenet.; allowed: cars, cub"):
         check_dataset("imagenet", None)
+
+
+def test_check_warns_about_splits_with_too_few_classes(tmp_path, capsys):
+    """A 3-class features file trains on one class; digits validates on two: both are files
+    in good order, and both get a warning naming the split and what it does to training."""
+    import numpy as np
+
+    from bench.cli import main
+
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    np.savez(tmp_path / "three.npz", x=x, y=np.arange(60) % 3)
+    r = check_dataset("features", tmp_path / "three.npz")
+    assert r["ok"] and len(r["class_warnings"]) == 1, r["class_warnings"]
+    assert "1 training classes cannot give 2 validation classes" in r["class_warnings"][0]
+    assert "warning: " in format_report(r)
+    r = check_dataset("digits", None)
+    assert r["class_warnings"] == ["val split has 2 classes (data.val_fraction=0.2 of 5 training classes): "
+                                   "its Recall@1 may saturate at 1.0 and selection fall to the tie-break"]
+    assert main(["datasets", "check", "digits"]) == 0
+    assert "warning: val split has 2 classes" in capsys.readouterr().err
+    np.savez(tmp_path / "fifty.npz", x=np.repeat(x, 5, axis=0)[:300], y=np.arange(300) % 50)
+    assert check_dataset("features", tmp_path / "fifty.npz")["class_warnings"] == []  # 20 train, 5 val, 25 test

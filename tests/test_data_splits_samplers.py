@@ -85,3 +85,30 @@ def test_sampler_errors():
         make_batches(y, 8, "m_per_class", 2, 0)
     with pytest.raises(ValueError, match="exceeds"):
         make_batches(y, 100, "random", 2, 0)
+
+
+@pytest.mark.parametrize("n_classes, fraction, held", [(5, 0.2, 2), (10, 0.2, 2), (20, 0.25, 5), (98, 0.2, 20),
+                                                       (100, 0.2, 20), (11318, 0.2, 2264), (7, 0.5, 4)])
+def test_val_fraction_rounds_to_the_nearest_class_count_at_least_two(n_classes, fraction, held):
+    """The documented rule (docs/protocol.md): round(C * val_fraction), at least 2."""
+    from bench.data.splits import val_class_count
+
+    assert val_class_count(n_classes, fraction) == held
+    tr, va = carve_val(split(n_classes, per_class=2, parents=False), fraction, seed=0)
+    assert va.num_classes == held and tr.num_classes == n_classes - held
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3])
+def test_val_carve_that_leaves_under_two_training_classes_is_refused(n_classes):
+    with pytest.raises(ValueError, match=r"keep 2 for training; use data.val_fraction=0 with eval.select_on=test"):
+        carve_val(split(n_classes, parents=False), 0.2, seed=0)
+
+
+def test_the_documented_rule_is_the_code():
+    """docs/protocol.md states the rule the code applies (at least two validation classes)."""
+    from pathlib import Path
+
+    from bench.data.splits import MIN_VAL_CLASSES
+
+    text = " ".join((Path(__file__).parents[1] / "docs" / "protocol.md").read_text().split())
+    assert MIN_VAL_CLASSES == 2 and "the nearest integer to `C x data.val_fraction`, at least two" in text

@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     root = args.root or str(Path(s.data_root).expanduser() / args.name)
     result = check_dataset(args.name, root)
     print(json.dumps(result, indent=2, default=str))
+    for w in result.get("class_warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     if not result.get("ok", True):
         print(f"error: {result.get('n_corrupt', 0)} corrupt and {result.get('n_missing', 0)} missing images "
               "(listed above); training skips them with a warning", file=sys.stderr)

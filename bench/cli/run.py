@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     datasets: dict = {}
     preflight([cfg], datasets, s.data_root)  # what the dataset cannot give (eval.ks, batch size), named
-    dataset = next(iter(datasets.values()))
+    (dataset,) = datasets.values()
     from bench import threads
     from bench.train import run_trial
 

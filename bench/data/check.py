@@ -52,6 +52,40 @@ def loader_config(name: str, root: Path | None) -> Any:
         return SimpleNamespace(name=name, root=str(root) if root else None, seed=0)
 
 
+#: Classes below which a validation or test split says little: Recall@1 over a handful of
+#: classes saturates (1.0 from the first epoch), and selection falls to the tie-break.
+FEW_CLASSES = 5
+
+
+def class_warnings(ds, cfg: Any) -> list[str]:
+    """Splits with too few classes to train or to select on, as training will carve them
+    (``cfg.val_fraction`` of the training classes held out, unless the data has a val split)."""
+    from bench.data.splits import MIN_TRAIN_CLASSES, carve_val
+
+    train, val = ds.train, ds.val
+    fraction = getattr(cfg, "val_fraction", 0.0)
+    if val is None and fraction > 0:
+        try:
+            train, val = carve_val(ds.train, fraction, getattr(cfg, "seed", 0))
+        except ValueError as e:
+            return [f"{e}"]
+    out = []
+    if train.num_classes < MIN_TRAIN_CLASSES:
+        out.append(f"train split has {train.num_classes} class(es): a loss needs at least {MIN_TRAIN_CLASSES} "
+                   "(training refuses it)")
+    held = f" (data.val_fraction={fraction} of {ds.train.num_classes} training classes)" if ds.val is None else ""
+    for split, part, note in (("val", val, held), ("test", ds.test, "")):
+        if part is None:
+            continue
+        n = part.num_classes if part.gallery is None else len(set(part.y.tolist()) | set(part.gallery.y.tolist()))
+        if n < 2:
+            out.append(f"{split} split has {n} class: every neighbour is a match, its Recall@K is 1 whatever the model")
+        elif n < FEW_CLASSES:
+            out.append(f"{split} split has {n} classes{note}: its Recall@1 may saturate at 1.0"
+                       + (" and selection fall to the tie-break" if split == "val" else ""))
+    return out
+
+
 def check_dataset(name: str, root: str | Path | None, decode: bool = True, workers: int = 4) -> dict[str, Any]:
     """Load ``name`` from ``root`` and report its splits, hierarchy and bad images.
 
@@ -72,6 +106,7 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = True, worke
           "n_corrupt": 0,
           "images_checked": 11788,           # 0 with decode=False or in-memory data
           "empty_class_folders": [],         # folder datasets: class folders without images
+          "class_warnings": ["val split has 2 classes ..."],  # too few classes to train or select on
           "ok": True,                        # nothing missing or corrupt
         }
 
@@ -108,6 +143,7 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = True, worke
         "n_corrupt": len(corrupt),
         "images_checked": len(paths),
         "empty_class_folders": empty,  # class folders with no image (not loaded as classes)
+        "class_warnings": class_warnings(ds, cfg),  # splits with too few classes (training as configured)
         "ok": n_missing == 0 and not corrupt and not empty,
     }
 
@@ -131,5 +167,8 @@ def format_report(r: dict[str, Any], max_list: int = 20) -> str:
                 lines.append(f"    ... and {n - max_list} more")
     if r.get("empty_class_folders"):
         lines.append(f"  empty class folders (no image, not loaded): {', '.join(r['empty_class_folders'][:max_list])}")
-    lines.append("  OK" if r["ok"] else "  PROBLEMS FOUND")
+    for w in r.get("class_warnings", []):
+        lines.append(f"  warning: {w}")
+    lines.append(("  OK" + (" (files; see the warnings)" if r.get("class_warnings") else "")) if r["ok"]
+                 else "  PROBLEMS FOUND")
     return "\n".join(lines)

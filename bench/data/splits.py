@@ -25,23 +25,39 @@ def take(split: Split, mask: np.ndarray) -> Split:
     return Split(x=x, y=remap(split.y[idx]), y_clean=remap(y_clean), parents=parents, class_ids=class_ids)
 
 
+#: Fewest classes a validation split may hold: with one, every neighbour is a match and
+#: validation R@1 is 1 whatever the model, so selection would just keep the first epoch.
+MIN_VAL_CLASSES = 2
+#: Fewest classes left to train on: a metric-learning loss needs negatives.
+MIN_TRAIN_CLASSES = 2
+
+
+def val_class_count(n_classes: int, val_fraction: float) -> int:
+    """How many of ``n_classes`` training classes ``val_fraction`` holds out: the nearest
+    integer to ``n_classes * val_fraction`` (Python's ``round``), at least
+    :data:`MIN_VAL_CLASSES`; 0 when ``val_fraction`` is 0. E.g. 5 classes at 0.2: 2
+    (1 rounded up to the minimum); 100 at 0.2: 20; 98 at 0.2: 20 (19.6)."""
+    if val_fraction <= 0:
+        return 0
+    return max(MIN_VAL_CLASSES, int(round(n_classes * val_fraction)))
+
+
 def carve_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split | None]:
-    """Hold out ``val_fraction`` of the training classes (at least one) as validation.
+    """Hold out :func:`val_class_count` of the training classes (at least two) as validation.
 
     Classes, not samples, are held out, so selection happens on unseen classes exactly as
     the test does. Which classes is seeded; with ``val_fraction == 0`` there is no val split.
+    A split that cannot keep :data:`MIN_TRAIN_CLASSES` to train on is refused with the fix.
     """
     if val_fraction <= 0:
         return train, None
     base = train.y_clean if train.y_clean is not None else train.y
     classes = np.unique(base)
-    # At least two classes: with one, every neighbour is a match and val R@1 is always 1,
-    # so "selection" would just keep the first epoch.
-    n_val = max(2, int(round(len(classes) * val_fraction)))
-    if len(classes) - n_val < 2:
+    n_val = val_class_count(len(classes), val_fraction)
+    if len(classes) - n_val < MIN_TRAIN_CLASSES:
         raise ValueError(
             f"data.val_fraction={val_fraction}: {len(classes)} training classes cannot give "
-            f"{n_val} validation classes (at least 2) and keep 2 for training; "
+            f"{n_val} validation classes (at least {MIN_VAL_CLASSES}) and keep {MIN_TRAIN_CLASSES} for training; "
             "use data.val_fraction=0 with eval.select_on=test"
         )
     rng = np.random.default_rng(seed)

@@ -7,10 +7,16 @@ only on large searches; here every similarity is evaluated in float64 as
 :mod:`bench.metrics.exact` defines it (one matrix product instead of per-pair dot
 products: the same values up to summation order, see that module), the best ``D`` per
 row taken with ``topk``, and equal values put in ascending reference order.
+
+Identical reference rows get one value. A GEMM's blocking may round two identical columns
+differently (MKL's AVX2 kernels do, at the edge of a block), and then rounding, not the
+index, would decide which copy ranks first; so each copy is ranked on the value of the first
+row it repeats (nothing to do, and no cost but finding them, when all rows differ).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,14 +39,16 @@ def brute_ranks(query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: 
     cols = max(r_max, 1) if with_map else 1
     depth = min(max(max_k, r_max if with_map else 0, 1), n_r)
     ranks = torch.full((n_q, cols), beyond, dtype=torch.int64, device=query.x.device)
-    r64 = ref.x64
+    original = original_rows(ref)
+    tol = 2 * copy_rounding(query.x.shape[1])
     step = max(1, CHUNK_CELLS // max(1, n_r))
     for q0 in range(0, n_q, step):
         rows = torch.arange(q0, min(q0 + step, n_q), device=query.x.device)
-        s = (query.x64[rows] @ r64.T).div_(query.norms[rows].unsqueeze(1) * ref.norms.unsqueeze(0))
+        s = products(query.x64[rows], ref.x64).div_(query.norms[rows].unsqueeze(1) * ref.norms.unsqueeze(0))
+        own = (rows, s[torch.arange(len(rows)), rows].clone()) if self_search and original is not None else None
         if self_search:
             s[torch.arange(len(rows)), rows] = -torch.inf
-        idx = _top_by_value_then_index(s, depth)
+        idx = _top_by_value_then_index(s, depth) if original is None else _top_with_copies(s, depth, original, tol, own)
         same = same_all[rows] if same_all is not None else q_labels[rows].unsqueeze(1) == r_labels.unsqueeze(0)
         hit = same.gather(1, idx)
         if self_search:
@@ -48,6 +56,34 @@ def brute_ranks(query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: 
         pos = torch.where(hit, torch.arange(depth, device=s.device), beyond).sort(dim=1).values[:, :cols]
         ranks[rows, : pos.shape[1]] = pos
     return counts, ranks
+
+
+def products(q64: Tensor, r64: Tensor) -> Tensor:
+    """``q64 @ r64.T`` (float64), the one GEMM of the brute force."""
+    return q64 @ r64.T
+
+
+def original_rows(ref: Embeddings) -> Tensor | None:
+    """For each reference row, the first row identical to it (itself if none); ``None``
+    when all rows differ, the usual case. On the CPU rows compare as bytes (-0.0 made +0.0)."""
+    if ref.device.type == "cpu":
+        a = np.ascontiguousarray(ref.x.numpy() + 0.0)  # +0.0: -0.0 becomes +0.0
+        rows = a.view(np.dtype((np.void, a.itemsize * a.shape[1]))).ravel()
+        _, first, which = np.unique(rows, return_index=True, return_inverse=True)
+        return None if len(first) == len(ref) else torch.from_numpy(first[which.ravel()].astype(np.int64))
+    distinct, which = torch.unique(ref.x, dim=0, return_inverse=True)
+    if len(distinct) == len(ref):
+        return None
+    first = torch.full((len(distinct),), len(ref), dtype=torch.int64, device=ref.device)
+    first.scatter_reduce_(0, which, torch.arange(len(ref), device=ref.device), "amin")
+    return first[which]
+
+
+def copy_rounding(dim: int) -> float:
+    """Largest gap between the computed similarities of two identical rows: each float64 dot
+    is within ``gamma_dim`` of the exact one (unit-norm scale), the division adds an ulp."""
+    u = 2.0**-53
+    return 2 * dim * u / (1 - dim * u) + 4 * u
 
 
 def _counts(q_labels: Tensor, r_labels: Tensor, self_search: bool) -> Tensor:
@@ -72,3 +108,39 @@ def _top_by_value_then_index(s: Tensor, d: int) -> Tensor:
         rows = cut.nonzero().squeeze(1)
         idx[rows] = (-s[rows]).argsort(dim=1, stable=True)[:, :d]
     return idx
+
+
+def _top_with_copies(s: Tensor, d: int, original: Tensor, tol: float, own: tuple[Tensor, Tensor] | None) -> Tensor:
+    """:func:`_top_by_value_then_index` where each column takes the value of its
+    ``original`` column (its first identical row): the ``d`` best are picked on the GEMM's
+    values, re-ordered on the originals' values; a row whose cut lies within ``tol`` (the
+    rounding between copies) of the next value is redone whole on the originals' values.
+    ``own``: in a self-search, each row's query and its similarity to itself (its own cell
+    holds -inf, but a copy of the query takes that value)."""
+    if d >= s.shape[1]:
+        cut = torch.ones(len(s), dtype=torch.bool, device=s.device)
+        idx = torch.empty(len(s), d, dtype=torch.int64, device=s.device)
+    else:
+        v, idx = s.topk(d + 1, dim=1)
+        cut = v[:, d - 1] - v[:, d] <= tol
+        idx = idx[:, :d].sort(dim=1).values  # ties by index: index order first, then a stable sort
+        v = _on_originals(s, idx, original, own)
+        idx = idx.gather(1, (-v).argsort(dim=1, stable=True))
+    if bool(cut.any()):
+        rows = cut.nonzero().squeeze(1)
+        cols = torch.arange(s.shape[1], device=s.device).expand(len(rows), -1)
+        whole = _on_originals(s[rows], cols, original, None if own is None else (own[0][rows], own[1][rows]))
+        idx[rows] = (-whole).argsort(dim=1, stable=True)[:, :d]
+    return idx
+
+
+def _on_originals(s: Tensor, cols: Tensor, original: Tensor, own: tuple[Tensor, Tensor] | None) -> Tensor:
+    """``s`` at each column's original: the query's own value where that is the query; -inf
+    at the query itself (in a self-search)."""
+    at = original[cols]
+    v = s.gather(1, at)
+    if own is not None:
+        query, value = own
+        v = torch.where(at == query.unsqueeze(1), value.unsqueeze(1), v)
+        v = v.masked_fill_(cols == query.unsqueeze(1), -torch.inf)
+    return v

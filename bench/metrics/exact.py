@@ -11,7 +11,13 @@ float64 rounding (about 1e-16) that are not exactly equal, which a brute force w
 summation order may order the other way.
 
 Fast searches (:mod:`bench.metrics.coarse`) decide most comparisons from cheap scores with
-a proven error bound and evaluate the rest here, with :func:`pair_similarity`.
+a proven error bound and evaluate the rest here, with :func:`pair_similarity`. Two identical
+pairs must get the same value whichever call evaluates them (the positives' thresholds and
+the kept negatives are evaluated in separate calls of different sizes): on the CPU, on one
+intra-op thread (every caller runs it so), a row's dot product is reduced in one order
+whatever the batch (several threads may split one long row); a CUDA reduction may split a row
+differently with the batch's shape, so there the sum is a fixed pairwise tree of
+elementwise additions (:func:`tree_dot`), the same order for every pair and every batch.
 """
 
 from __future__ import annotations
@@ -74,13 +80,36 @@ def as_embeddings(x, device: torch.device | str | None = None, name: str = "embe
 
 
 def as_labels(labels, n: int, device: torch.device, name: str = "labels") -> Tensor:
-    """Labels as int64 on ``device`` (numpy or torch, any device); one per row."""
-    t = labels.detach() if isinstance(labels, Tensor) else torch.from_numpy(np.asarray(labels))
+    """Labels as int64 on ``device`` (numpy or torch, any device); one per row. Integers
+    only: class names or float labels are refused, not hashed or rounded."""
+    if not isinstance(labels, Tensor):
+        a = np.asarray(labels)
+        if a.dtype.kind not in "iub":
+            raise ValueError(f"{name} must be integers, got {a.dtype} (map class names to integer ids first)")
+        labels = torch.from_numpy(a)
+    t = labels.detach()
     if t.ndim != 1 or len(t) != n:
         raise ValueError(f"{name} must be one label per row ({n}), got shape {tuple(t.shape)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be integers, got {t.dtype}")
     return t.to(device=device, dtype=torch.int64)
+
+
+def tree_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise ``<a_p, b_p>`` summed as a fixed pairwise tree (halves added elementwise,
+    an odd last column carried), so its rounding depends on the row alone, never on how
+    many rows are evaluated together or on the device's reduction kernels."""
+    p = a * b
+    while p.shape[1] > 1:
+        h = p.shape[1] // 2
+        top = p[:, :h] + p[:, h : 2 * h]
+        p = torch.cat([top, p[:, 2 * h :]], 1) if p.shape[1] % 2 else top
+    return p[:, 0]
+
+
+def row_dots(a: Tensor, b: Tensor) -> Tensor:
+    """``<a_p, b_p>`` per row, in an order that depends on the row alone (module docstring)."""
+    return torch.linalg.vecdot(a, b) if a.device.type == "cpu" else tree_dot(a, b)
 
 
 def pair_similarity(query: Embeddings, ref: Embeddings, rows: Tensor, cols: Tensor, workers: int = 1) -> Tensor:
@@ -92,7 +121,7 @@ def pair_similarity(query: Embeddings, ref: Embeddings, rows: Tensor, cols: Tens
     def chunk(start: int, stop: int) -> None:
         for s in range(start, stop, PAIR_CHUNK):
             r, c = rows[s : min(s + PAIR_CHUNK, stop)], cols[s : min(s + PAIR_CHUNK, stop)]
-            out[s : s + len(r)] = torch.linalg.vecdot(q64[r], r64[c]) / (query.norms[r] * ref.norms[c])
+            out[s : s + len(r)] = row_dots(q64[r], r64[c]) / (query.norms[r] * ref.norms[c])
 
     step = max(PAIR_CHUNK, -(-len(rows) // max(1, workers)))
     each(chunk, [(s, min(s + step, len(rows))) for s in range(0, len(rows), step)], workers if query.device.type == "cpu" else 1)

@@ -14,6 +14,7 @@ import torch
 
 from bench.metrics.coarse import exact_float_matmul, make_scorer
 from bench.metrics.exact import as_embeddings, pair_similarity
+from bench.metrics.parallel import threads
 
 QUERY_CHUNK = 4096
 CELLS = 1 << 23  # query x reference cells per step (float64 bounds)
@@ -45,7 +46,8 @@ def knn(query, ref, k: int, exclude_self: bool = False, chunk: int = QUERY_CHUNK
         kth = lb.topk(k, dim=1).values[:, -1:]
         width = int((ub >= kth).sum(1).max())  # every reference that may be among the k
         cand = ub.topk(width, dim=1)
-        s = pair_similarity(q, r, rows.repeat_interleave(width), cand.indices.flatten()).view(len(rows), width)
+        with threads(1):  # one order per row: an intra-op split of a long row would round it differently
+            s = pair_similarity(q, r, rows.repeat_interleave(width), cand.indices.flatten()).view(len(rows), width)
         s = torch.where(torch.isfinite(cand.values), s, -torch.inf)
         idx, order = cand.indices.sort(dim=1)  # ties by index: index order first, then a stable sort
         s, order = s.gather(1, order).sort(dim=1, descending=True, stable=True)

@@ -312,7 +312,8 @@ class Tracker:
                 ident.set_exception(e)
                 raise
             ident.set_result(run_id)
-            params = [Param(k, v) for k, v in _str_params(flatten(config)).items()]
+            flat = flatten(config)  # each cell axis as the study file wrote it (8, not 8.0), as Optuna holds it
+            params = [Param(k, v) for k, v in _str_params({**flat, **{k: v for k, v in cell.items() if k in flat}}).items()]
             text = yaml.safe_dump(config, sort_keys=False)
             for i in range(0, len(params), MAX_PARAMS):
                 self.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
