@@ -7,6 +7,7 @@ import json
 import sys
 
 from bench.cli.common import add_store_options, add_threads_option, parse_sets, settings_from
+from bench.launch.options import add_launch_options
 
 
 def register(sub) -> None:
@@ -21,10 +22,15 @@ def register(sub) -> None:
                             "default: the file's pack: (auto)")
         add_store_options(g)
         add_threads_option(g)
+        add_launch_options(g)
         g.set_defaults(fn=lambda a, k=kind: run(a, k))
 
 
 def run(args: argparse.Namespace, kind: str) -> int:
+    if args.workers is not None or args.gpus is not None:  # N local workers under one parent
+        from bench.launch.local import launch
+
+        return launch(args, kind)
     from bench.config import ConfigError, set_dotted
     from bench.studies import load_spec
 
