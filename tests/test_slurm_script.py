@@ -16,7 +16,8 @@ import yaml
 
 from bench.cli import main
 from bench.cli.common import UsageError
-from bench.launch.slurm import check_shared, split_secrets
+from bench.launch.slurm import check_shared
+from bench.launch.worker import split_secrets
 
 STORE = "postgresql://bench:s3cr%40t@db.cluster:5432/optuna"
 TRACK = "http://alice:tok3n@track.cluster:5000"
@@ -79,7 +80,7 @@ def _fake(path: Path, body: str) -> None:
 def test_the_script_stops_its_worker_once_and_requeues_on_the_warning(tmp_path, capsys, monkeypatch, how):
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "log"
-    _fake(tmp_path / "python", f"echo start >> {log}; trap 'echo TERM >> {log}; exit 130' TERM\n"
+    _fake(tmp_path / "python", f"trap 'echo TERM >> {log}; exit 130' TERM; echo start >> {log}\n"
                                "while :; do sleep 0.1; done\n")
     _fake(tmp_path / "scontrol", f'echo "scontrol $*" >> {log}\n')
     text = _dry_run(tmp_path, capsys, "--python", str(tmp_path / "python"))

@@ -59,14 +59,16 @@ def register(sub) -> None:
     s.add_argument("--pack", choices=("auto", "off"), default=None, help="the file's pack: for the workers")
     s.add_argument("--retry-failed", action="store_true", help="workers re-run cells that failed before")
     s.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
+    s.add_argument("--no-store-check", action="store_true",
+                   help="do not open the stores from here before submitting (when only the nodes reach them)")
     add_store_options(s)
     s.set_defaults(fn=run)
 
 
 def _job(args: argparse.Namespace):
-    """(ArrayJob, storage, tracking URI, secret environment, notes) from the options."""
-    from bench.config import ConfigError
-    from bench.launch.slurm import ArrayJob, check_shared, job_name, settings_for_workers, split_secrets
+    """(ArrayJob, script path, secret environment, notes, spec, settings) from the options."""
+    from bench.launch.slurm import ArrayJob, check_shared, job_name
+    from bench.launch.worker import worker_job
     from bench.studies.spec import load_spec
 
     if args.array is None or args.array < 1:
@@ -78,22 +80,15 @@ def _job(args: argparse.Namespace):
     s = settings_from(args)
     spec = load_spec(args.file)
     parse_sets(args.set)  # a malformed --set fails here, not on the nodes
-    storage, tracking, env = split_secrets(s.storage, s.tracking_uri)
-    notes = check_shared(storage, tracking)
-    if spec.variants and not all(p.kind == spec.kind for p in spec.expand()):
-        raise ConfigError(f"{args.file}: variants of different kinds")
+    worker, env = worker_job(args.file, s, spec.kind, args.set, args.pack, args.retry_failed, args.python)
+    notes = check_shared(worker.storage, worker.tracking_uri)
     name = job_name(spec.name)
     script = Path(args.script or Path("slurm") / f"{name}.sbatch")
-    worker_args = [a for kv in (args.set or []) for a in ("--set", kv)]
-    worker_args += ["--pack", args.pack] if args.pack else []
-    worker_args += ["--retry-failed"] if args.retry_failed else []
-    job = ArrayJob(kind=spec.kind, study_file=Path(args.file).read_text(), study_path=args.file,
-                   settings_yaml=settings_for_workers(s, storage, tracking, Path.cwd()), job_name=name,
-                   array=args.array, gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
-                   time=args.time, partition=args.partition, signal_s=max(0, args.signal_s),
-                   output=str((script.parent / "%x-%A_%a.out").resolve()), python=args.python,
-                   worker_args=worker_args, sbatch_extra=list(args.sbatch))
-    return job, script, storage, tracking, env, notes
+    job = ArrayJob(worker=worker, job_name=name, array=args.array, gpus_per_task=args.gpus_per_task,
+                   cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
+                   signal_s=max(0, args.signal_s), output=str((script.parent / "%x-%A_%a.out").resolve()),
+                   sbatch_extra=list(args.sbatch))
+    return job, script, env, notes, spec, s
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return status(args)
     from bench.launch.slurm import sbatch_script
 
-    job, script, storage, tracking, env, notes = _job(args)
-    text = sbatch_script(job, storage, tracking)
+    job, script, env, notes, spec, s = _job(args)
+    text = sbatch_script(job)
     for n in notes:
         print(n, file=sys.stderr)
     cmd = ["sbatch", "--parsable", str(script)]
@@ -113,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if shutil.which("sbatch") is None:
         raise UsageError("sbatch not found: run bench slurm on a Slurm login node (or --dry-run to see the script)")
+    if not args.no_store_check:  # tables and experiment made once, not raced by every task at its start
+        from bench.launch.prepare import open_stores
+
+        open_stores(spec, s.storage, s.tracking_uri, s.artifact_root)
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(text)
     script.chmod(0o700)

@@ -184,6 +184,10 @@ def launch(args: argparse.Namespace, kind: str) -> int:
     plans = plan_workers(args, kind, storage, s.threads, visible_gpus(), cores())
     if note:
         print(note, file=sys.stderr)
+    if not s.tracking_uri.startswith("sqlite"):  # a database or server: made once, not raced by every worker
+        from bench.launch.prepare import open_stores
+
+        open_stores(spec, storage, s.tracking_uri, s.artifact_root)
     bar = _Bar(len(plans), show=not args.no_progress)
     fleet = Fleet(plans, bar.write)
     previous = {sig: signal.signal(sig, fleet.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

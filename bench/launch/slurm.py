@@ -27,12 +27,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from bench.cli.common import UsageError
+from bench.launch.worker import SETTINGS_FILE, STUDY_FILE, WorkerJob
 
 #: File systems every node of a cluster mounts (a journal file there is shared).
 SHARED_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs",
@@ -44,10 +44,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class ArrayJob:
     """What one ``bench slurm`` submission runs."""
 
-    kind: str  # grid | study
-    study_file: str  # the file's text, embedded in the script
-    study_path: str  # where it was read from (a comment in the script)
-    settings_yaml: str  # bench.yaml for the workers, passwords removed
+    worker: WorkerJob  # what each task runs
     job_name: str
     array: int
     gpus_per_task: int = 1
@@ -56,43 +53,11 @@ class ArrayJob:
     partition: str | None = None
     output: str = "slurm-%x-%A_%a.out"
     signal_s: int = 120  # seconds of warning before the time limit (0: none)
-    python: str = sys.executable
-    worker_args: list[str] = field(default_factory=list)  # --set ..., --pack ..., --retry-failed
     sbatch_extra: list[str] = field(default_factory=list)  # more #SBATCH flags
 
 
 def job_name(study_name: str) -> str:
     return "bench-" + re.sub(r"[^A-Za-z0-9._-]+", "-", study_name)[:100]
-
-
-def split_secrets(storage: str, tracking_uri: str) -> tuple[str, str, dict[str, str]]:
-    """(storage, tracking URI, environment): the URIs without passwords, and the
-    environment variables that carry the passwords to the job."""
-    env: dict[str, str] = {}
-    clean = []
-    for what, url in (("--storage", storage), ("--tracking-uri", tracking_uri)):
-        parts = urlsplit(url) if "://" in url else None
-        if parts is None or parts.password is None:
-            clean.append(url)
-            continue
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
-        user = unquote(parts.username or "")
-        password = unquote(parts.password)
-        if parts.scheme.startswith(("postgresql", "postgres")):
-            if env.get("PGPASSWORD", password) != password:
-                raise UsageError(f"{what}: its PostgreSQL password differs from the storage's; the job passes one "
-                                 "PGPASSWORD, so use the same role, or a ~/.pgpass file on the nodes and no password "
-                                 "in the URLs")
-            env["PGPASSWORD"] = password
-        elif parts.scheme in ("http", "https"):
-            env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
-            user = ""
-        else:
-            raise UsageError(f"{what} {parts.scheme}://...: bench slurm passes passwords of postgresql:// and "
-                             "http(s):// URLs only; put this one in the driver's own environment or file")
-        netloc = (f"{parts.username}@" if user else "") + host
-        clean.append(urlunsplit(parts._replace(netloc=netloc)))
-    return clean[0], clean[1], env
 
 
 def _fs_type(path: Path) -> str:
@@ -142,28 +107,14 @@ def check_shared(storage: str, tracking_uri: str, fs_type=_fs_type) -> list[str]
     return notes
 
 
-def settings_for_workers(settings, storage: str, tracking_uri: str, cwd: Path) -> str:
-    """The workers' bench.yaml: the submitting settings, stores as given (no passwords) and
-    relative paths made absolute (the job runs in a scratch folder)."""
-    import yaml
-
-    d = settings.model_dump(mode="json")
-    d.update(storage=storage, tracking_uri=tracking_uri)
-    for k in ("artifact_root", "data_root"):
-        v = d.get(k)
-        if v and "://" not in v and not v.startswith("~") and not Path(v).is_absolute():
-            d[k] = str((cwd / v).resolve())
-    return yaml.safe_dump(d, sort_keys=False)
-
-
 def _heredoc(name: str, text: str, tag: str) -> str:
     if any(line.strip() == tag for line in text.splitlines()):
         raise UsageError(f"the text of {name} holds a line {tag}; remove it")
     return f"cat > {name} <<'{tag}'\n{text.rstrip()}\n{tag}\n"
 
 
-def sbatch_script(job: ArrayJob, storage: str, tracking_uri: str, stamp: str | None = None) -> str:
-    """The batch script (``storage``/``tracking_uri`` already without passwords)."""
+def sbatch_script(job: ArrayJob, stamp: str | None = None) -> str:
+    """The batch script (the worker's stores already without passwords)."""
     q = shlex.quote
     stamp = stamp or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sb = [f"--job-name={job.job_name}", f"--array=0-{job.array - 1}", "--ntasks=1", "--nodes=1"]
@@ -179,11 +130,10 @@ def sbatch_script(job: ArrayJob, storage: str, tracking_uri: str, stamp: str | N
     if job.signal_s:
         sb.append(f"--signal=B:USR1@{job.signal_s}")
     sb += job.sbatch_extra
-    worker = [job.python, "-m", "bench", job.kind, "study.yaml", "--no-progress", "--storage", storage,
-              "--tracking-uri", tracking_uri, *job.worker_args]
+    w = job.worker
     lines = [
         "#!/bin/bash",
-        f"# Written by `bench slurm` on {stamp}: {job.array} workers of {job.study_path} (embedded below),",
+        f"# Written by `bench slurm` on {stamp}: {job.array} workers of {w.study_path} (embedded below),",
         "# one per array task, sharing the study through its storage.",
         "# Passwords are not in this file: the job reads them from the environment it was submitted",
         "# with (--export=ALL: PGPASSWORD, MLFLOW_TRACKING_USERNAME/PASSWORD).",
@@ -193,8 +143,8 @@ def sbatch_script(job: ArrayJob, storage: str, tracking_uri: str, stamp: str | N
         'work="${SLURM_TMPDIR:-${TMPDIR:-/tmp}}/bench-${SLURM_ARRAY_JOB_ID:-0}_${SLURM_ARRAY_TASK_ID:-0}-$$"',
         'mkdir -p "$work" && cd "$work" || exit 1',
         "trap 'rm -rf \"$work\"' EXIT",
-        _heredoc("study.yaml", job.study_file, "BENCH_STUDY_FILE"),
-        _heredoc("bench.yaml", job.settings_yaml, "BENCH_SETTINGS_FILE"),
+        _heredoc(STUDY_FILE, w.study_file, "BENCH_STUDY_FILE"),
+        _heredoc(SETTINGS_FILE, w.settings_yaml, "BENCH_SETTINGS_FILE"),
         'export BENCH_CONFIG="$work/bench.yaml"',
         '[ -n "${SLURM_CPUS_PER_TASK:-}" ] && export BENCH_THREADS="$SLURM_CPUS_PER_TASK"',
         'echo "bench task ${SLURM_ARRAY_TASK_ID:-?} of job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname)'
@@ -206,7 +156,7 @@ def sbatch_script(job: ArrayJob, storage: str, tracking_uri: str, stamp: str | N
         "requeue=0",
         "trap ':' TERM",
         "trap 'requeue=1; kill -TERM \"$worker\" 2>/dev/null' USR1",
-        " ".join(q(a) for a in worker) + " &",
+        " ".join(q(a) for a in w.command()) + " &",
         "worker=$!",
         'while wait "$worker"; rc=$?; kill -0 "$worker" 2>/dev/null; do :; done',
         'if [ "$requeue" = 1 ] && [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then',
