@@ -102,15 +102,16 @@ def test_a_job_array_with_one_task_cancelled_and_one_requeued(tmp_path, tiny_tri
         assert time.monotonic() < deadline, (slurm.jobs(), slurm.logs())
         time.sleep(0.5)
     t_running = time.monotonic() - t0
+    conns = _connections(postgres_server_url, storage.rsplit("/", 1)[1])  # 3 workers mid-trial
     slurm.run("scancel", f"{job}_1")  # SIGTERM to the task's processes: its trial ends as interrupted
     slurm.run("scancel", "--batch", "--signal=USR1", f"{job}_2")  # the time-limit warning: stop, then requeue
-    slurm.wait_idle(300)
+    timeline = _watch(slurm, t0, 300)
     census = p.census()
     reruns = 0
     if not census.exactly_once():  # the interrupted cells were open when the other tasks had finished
         reruns += 1
         _submit(p, slurm, 1)
-        slurm.wait_idle(300)
+        timeline += _watch(slurm, t0, 300)
         census = p.census()
     assert census.exactly_once(), census.row()
     import optuna
@@ -125,5 +126,36 @@ def test_a_job_array_with_one_task_cancelled_and_one_requeued(tmp_path, tiny_tri
     assert "requeueing task 2" in logs and "bench task 2" in logs, logs[-3000:]
     password = postgres_server_url.split(":")[2].split("@")[0]
     assert password not in logs and password not in "".join(f.read_text() for f in (tmp_path / "slurm").glob("*.sbatch"))
-    print(f"slurm: 3 trials running after {t_running:.0f} s; done after {time.monotonic() - t0:.0f} s "
-          f"({reruns} resubmission); states {dict(census.states)}; runs {dict(census.run_statuses)}")
+    assert conns <= 3 * 15, conns  # each worker's Optuna engine: its pool of 5 plus 10 overflow at most
+    status = subprocess.run([sys.executable, "-m", "bench", "slurm", "status", "g.yaml"], cwd=p.root,
+                            env={**p.env, "SLURM_CONF": slurm.env["SLURM_CONF"]}, capture_output=True, text=True)
+    assert status.returncode == 0 and "arr" in status.stdout and " 6 " in status.stdout, status.stderr
+    print(f"\nslurm: 3 trials running after {t_running:.0f} s ({conns} Optuna connections for 3 workers); "
+          f"done after {time.monotonic() - t0:.0f} s ({reruns} resubmission); states {dict(census.states)}; "
+          f"runs {dict(census.run_statuses)}\n" + "\n".join(timeline) + f"\n{status.stdout}")
+
+
+def _watch(slurm: OneNodeSlurm, t0: float, timeout: float) -> list[str]:
+    """Wait for every job to end; each task's state changes, with seconds since ``t0``."""
+    seen: dict[str, str] = {}
+    lines = []
+    deadline = time.monotonic() + timeout
+    while True:
+        now = dict(x.split()[:2] for x in slurm.jobs())
+        for task, state in now.items():
+            if seen.get(task) != state:
+                lines.append(f"  {time.monotonic() - t0:5.0f} s  {task} {state}")
+        for task in set(seen) - set(now):
+            lines.append(f"  {time.monotonic() - t0:5.0f} s  {task} ended")
+        seen = now
+        if not now:
+            return lines
+        assert time.monotonic() < deadline, (lines, slurm.logs())
+        time.sleep(1)
+
+
+def _connections(server_url: str, database: str) -> int:
+    import psycopg
+
+    with psycopg.connect(server_url) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()[0]
