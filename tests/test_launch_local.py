@@ -15,7 +15,7 @@ import pytest
 from bench.cli import build_parser
 from bench.cli.common import UsageError
 from bench.launch.gpus import assign
-from bench.launch.local import local_storage, plan_workers
+from bench.launch.local import local_storage, pack_note, plan_workers
 from bench.launch.options import worker_argv
 from fleet_kit import Project
 
@@ -76,6 +76,16 @@ def test_sqlite_is_swapped_for_a_journal_unless_it_holds_the_study(tmp_path):
     kept, note = local_storage(url, ["s"], 2)
     assert kept == url and "already holds" in note  # resuming elsewhere would start the study over
     assert local_storage("postgresql://u:p@h/db", ["s"], 8) == ("postgresql://u:p@h/db", None)
+
+
+def test_a_note_when_packing_would_keep_workers_idle():
+    from bench.studies.spec import StudySpec
+
+    spec = StudySpec.model_validate({"experiment": "x", "kind": "grid",
+                                     "grid": {"loss.alpha": [4, 8, 16, 32], "loss.delta": [0.0, 0.1, 0.2, 0.3]}})
+    assert "only 1 of 4 workers" in pack_note(spec, None, 4) and "pack_size: 4" in pack_note(spec, None, 4)
+    assert pack_note(spec, "off", 4) is None and pack_note(spec, None, 1) is None
+    assert pack_note(spec.model_copy(update={"pack_size": 4}), None, 4) is None
 
 
 def _launch(p: Project, *extra: str) -> subprocess.Popen:

@@ -101,6 +101,24 @@ def plan_workers(args: argparse.Namespace, kind: str, storage: str, settings_thr
     return plans
 
 
+def pack_note(spec, pack: str | None, workers: int) -> str | None:
+    """A note when packing leaves workers idle: one worker takes up to ``pack_size`` cells
+    of one shape at a time, so a grid of fewer than ``workers x pack_size`` packable cells
+    keeps some workers without work."""
+    import math
+
+    if workers < 2 or (pack or spec.pack) != "auto" or spec.kind != "grid":
+        return None
+    packs = sum(math.ceil(len(part.cells()) / part.pack_size) for part in spec.expand())
+    if packs >= workers:
+        return None
+    cells = sum(len(part.cells()) for part in spec.expand())
+    size = max(1, math.ceil(cells / workers))
+    return (f"note: pack: auto trains up to pack_size={spec.pack_size} same-shape cells in one worker, so the "
+            f"{cells} cells may keep only {packs} of {workers} workers busy; set pack_size: {size} in the file "
+            "to spread them (or --pack off)")
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the launcher dies (Linux), so no worker is orphaned."""
     try:
@@ -182,8 +200,8 @@ def launch(args: argparse.Namespace, kind: str) -> int:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
     storage, note = local_storage(s.storage, [p.name for p in spec.expand()], args.workers or 0)
     plans = plan_workers(args, kind, storage, s.threads, visible_gpus(), cores())
-    if note:
-        print(note, file=sys.stderr)
+    for line in filter(None, [note, pack_note(spec, args.pack, len(plans))]):
+        print(line, file=sys.stderr)
     if not s.tracking_uri.startswith("sqlite"):  # a database or server: made once, not raced by every worker
         from bench.launch.prepare import open_stores
 
