@@ -70,13 +70,17 @@ def tracking_server(tmp_path, postgres_server_url):
             server.wait()
 
 
+_STORES: dict[str, object] = {}
+
+
 def _running_trials(p: Project) -> int:
     import optuna
 
     from bench.studies.storage import make_storage
 
-    try:
-        study = optuna.load_study(study_name=p.name, storage=make_storage(p.storage, create=False))
+    try:  # one storage (one connection pool) for all the polling
+        store = _STORES.get(p.storage) or _STORES.setdefault(p.storage, make_storage(p.storage, create=False))
+        study = optuna.load_study(study_name=p.name, storage=store)
     except Exception:  # not created yet
         return 0
     return sum(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in study.trials)
@@ -102,10 +106,10 @@ def test_a_job_array_with_one_task_cancelled_and_one_requeued(tmp_path, tiny_tri
         assert time.monotonic() < deadline, (slurm.jobs(), slurm.logs())
         time.sleep(0.5)
     t_running = time.monotonic() - t0
-    conns = _connections(postgres_server_url, storage.rsplit("/", 1)[1])  # 3 workers mid-trial
+    conns = _connections(postgres_server_url, storage.rsplit("/", 1)[1]) - 1  # 3 workers mid-trial, less ours
     slurm.run("scancel", f"{job}_1")  # SIGTERM to the task's processes: its trial ends as interrupted
     slurm.run("scancel", "--batch", "--signal=USR1", f"{job}_2")  # the time-limit warning: stop, then requeue
-    timeline = _watch(slurm, t0, 300)
+    timeline = _watch(slurm, t0, 300, start_requeued=f"{job}_2")
     census = p.census()
     reruns = 0
     if not census.exactly_once():  # the interrupted cells were open when the other tasks had finished
@@ -123,7 +127,7 @@ def test_a_job_array_with_one_task_cancelled_and_one_requeued(tmp_path, tiny_tri
     assert kinds.count("interrupted") >= 2, kinds  # the cancelled task's and the warned task's trials
     assert census.run_statuses.get("KILLED", 0) >= 2, census.row()
     logs = "".join(f.read_text(errors="replace") for f in (tmp_path / "slurm").glob("*.out"))
-    assert "requeueing task 2" in logs and "bench task 2" in logs, logs[-3000:]
+    assert "requeueing task 2" in logs and "task 2 of job" in logs and "(restart 1" in logs, logs[-3000:]
     password = postgres_server_url.split(":")[2].split("@")[0]
     assert password not in logs and password not in "".join(f.read_text() for f in (tmp_path / "slurm").glob("*.sbatch"))
     assert conns <= 3 * 15, conns  # each worker's Optuna engine: its pool of 5 plus 10 overflow at most
@@ -135,13 +139,17 @@ def test_a_job_array_with_one_task_cancelled_and_one_requeued(tmp_path, tiny_tri
           f"runs {dict(census.run_statuses)}\n" + "\n".join(timeline) + f"\n{status.stdout}")
 
 
-def _watch(slurm: OneNodeSlurm, t0: float, timeout: float) -> list[str]:
-    """Wait for every job to end; each task's state changes, with seconds since ``t0``."""
+def _watch(slurm: OneNodeSlurm, t0: float, timeout: float, start_requeued: str | None = None) -> list[str]:
+    """Wait for every job to end; each task's state changes, with seconds since ``t0``.
+    ``start_requeued``: a task that, once requeued (PENDING), is started now rather than
+    after the delay slurmctld gives a requeued job (about two minutes)."""
     seen: dict[str, str] = {}
     lines = []
     deadline = time.monotonic() + timeout
     while True:
         now = dict(x.split()[:2] for x in slurm.jobs())
+        if start_requeued and now.get(start_requeued) == "PENDING":
+            slurm.run("scontrol", "update", f"JobId={start_requeued}", "StartTime=now", check=False)
         for task, state in now.items():
             if seen.get(task) != state:
                 lines.append(f"  {time.monotonic() - t0:5.0f} s  {task} {state}")
