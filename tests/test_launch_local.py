@@ -105,13 +105,11 @@ def test_two_workers_complete_every_cell_once(tmp_path, tiny_trial):
     assert b'"complete": 4' in out and b'"exit_codes": [\n    0,\n    0\n  ]' in out
 
 
-def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(tmp_path, tiny_trial):
+def _start_and_wait_for_two_trials(p: Project) -> subprocess.Popen:
     import optuna
 
     from bench.studies.storage import make_storage
 
-    tiny_trial["train"]["epochs"] = 2000  # far longer than the test waits
-    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal")
     proc = _launch(p)
     deadline = time.monotonic() + 180
     running = 0
@@ -123,6 +121,13 @@ def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(tmp_path, tiny_tri
         except Exception:  # not created yet
             pass
     assert running == 2, proc.communicate()[1].decode()[-3000:]
+    return proc
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(tmp_path, tiny_trial):
+    tiny_trial["train"]["epochs"] = 2000  # far longer than the test waits
+    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal")
+    proc = _start_and_wait_for_two_trials(p)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-3000:]
@@ -130,3 +135,17 @@ def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(tmp_path, tiny_tri
     assert census.states.get("RUNNING", 0) == 0 and census.running == 0, census.row()
     assert census.states.get("FAIL", 0) == 2 and not census.complete, census.row()  # both ended as interrupted
     assert set(census.run_statuses) <= {"KILLED", "FAILED"}, census.row()
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_kills_and_the_parent_closes_what_they_left(tmp_path, tiny_trial):
+    tiny_trial["train"]["epochs"] = 2000
+    p = Project(tmp_path, tiny_trial, f"journal:{tmp_path}/optuna.journal")
+    proc = _start_and_wait_for_two_trials(p)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # two signals, not one coalesced
+    proc.send_signal(signal.SIGINT)  # the second: the workers are killed mid-trial
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    census = p.census()
+    assert census.states.get("RUNNING", 0) == 0 and census.running == 0, (census.row(), err.decode()[-3000:])

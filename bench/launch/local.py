@@ -220,7 +220,7 @@ def launch(args: argparse.Namespace, kind: str) -> int:
         for sig, h in previous.items():
             signal.signal(sig, h)
     if fleet.killed:
-        store.repair()
+        store.repair(spec, s)
     final = store.progress(spec, retries=5)
     bar.update(final)
     bar.close()
@@ -254,16 +254,26 @@ class _Store:
                     time.sleep(0.5)
         return Progress()
 
-    def repair(self) -> None:
-        """Fail the trials of killed workers (their pids are dead on this host)."""
+    def repair(self, spec, settings) -> None:
+        """After killing workers: fail their trials (their pids are dead on this host), close
+        the MLflow trial runs they left RUNNING, as the next worker would, and the parent run."""
         import optuna
 
-        from bench.studies.recovery import reap
+        from bench.studies.recovery import close_orphan_runs, reap
+        from bench.tracking import Tracker
 
         if self.storage is None:
             return
-        for s in self.storage.get_all_studies():
-            reap(optuna.load_study(study_name=s.study_name, storage=self.storage), self.storage)
+        tracker = Tracker(settings.tracking_uri, spec.experiment, settings.artifact_root, description=spec.description)
+        names = {s.study_name for s in self.storage.get_all_studies()}
+        for part in spec.expand():
+            if part.name in names:
+                study = optuna.load_study(study_name=part.name, storage=self.storage)
+                reap(study, self.storage)
+                close_orphan_runs(study, tracker)
+                parent = study.user_attrs.get("mlflow_parent_run_id")
+                if parent and tracker.client.get_run(parent).info.status == "RUNNING":
+                    tracker.end_parent(parent, {}, status="KILLED", tags={"bench.outcome": "interrupted"})
 
 
 class _Bar:
