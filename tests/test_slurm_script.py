@@ -100,3 +100,21 @@ def test_the_script_stops_its_worker_once_and_requeues_on_the_warning(tmp_path, 
     assert lines.count("TERM") == 1, lines  # one SIGTERM: its interrupt handling runs once
     assert ("scontrol requeue 7_2" in lines) == (how == "usr1_warning"), lines
     assert not list(tmp_path.glob("bench-7_2-*"))  # the scratch folder is removed
+
+
+def test_submitting_writes_the_script_and_passes_the_password_in_sbatchs_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake(tmp_path / "sbatch", f'env > {tmp_path}/sbatch.env; echo "$@" > {tmp_path}/sbatch.args; echo "4242;cluster"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    study = tmp_path / "s.yaml"
+    study.write_text("experiment: arr\nkind: grid\ngrid: {loss.alpha: [4, 8]}\n")
+    assert main(["slurm", str(study), "--array", "2", "--storage", STORE, "--tracking-uri", TRACK,
+                 "--no-store-check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "4242" and "squeue -j 4242" in err and "bench slurm status" in err
+    script = tmp_path / "slurm" / "bench-arr.sbatch"
+    assert (tmp_path / "sbatch.args").read_text().split() == ["--parsable", "slurm/bench-arr.sbatch"]
+    assert stat.S_IMODE(script.stat().st_mode) == 0o700 and "s3cr" not in script.read_text()
+    env = (tmp_path / "sbatch.env").read_text().splitlines()
+    assert "PGPASSWORD=s3cr@t" in env and "MLFLOW_TRACKING_PASSWORD=tok3n" in env
+    assert "s3cr" not in os.environ.get("PGPASSWORD", "")  # only sbatch's environment had it
