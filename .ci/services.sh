@@ -7,11 +7,18 @@
 #   BENCH_TEST_POSTGRES_URL  postgresql://bench:<password>@127.0.0.1:<port>/bench
 #   BENCH_CHROMIUM           the Chromium binary
 #   BENCH_REQUIRE_SERVICES=1 tests that need a service fail instead of skipping
+# With BENCH_WITH_SLURM=1 it also installs Debian's slurm-wlm and munge when missing (the
+# one-node Slurm test starts its own daemons) and exports BENCH_REQUIRE_SLURM=1.
 # The cluster is stopped and its folder removed when the shell that sourced this exits.
 
 _bench_pkgs=()
 command -v chromium >/dev/null 2>&1 || _bench_pkgs+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || _bench_pkgs+=(postgresql)
+if [ -n "${BENCH_WITH_SLURM:-}" ]; then
+  [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] || _bench_pkgs+=(slurm-wlm)
+  [ -x /usr/sbin/munged ] || _bench_pkgs+=(munge)
+  export BENCH_REQUIRE_SLURM=1
+fi
 if [ ${#_bench_pkgs[@]} -gt 0 ]; then
   echo "installing ${_bench_pkgs[*]} from Debian..." >&2
   if [ "$(id -u)" = 0 ]; then _sudo=(); else _sudo=(sudo); fi

@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 #: Command modules, in the order ``bench --help`` lists them.
-COMMANDS = ("run", "grid", "repeat", "report", "demo", "experiments", "studies", "ui", "dashboard", "server", "datasets", "doctor")
+COMMANDS = ("run", "grid", "repeat", "report", "demo", "experiments", "studies", "ui", "dashboard", "server", "slurm", "datasets", "doctor")
 
 
 class CommandParser(argparse.ArgumentParser):

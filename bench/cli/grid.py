@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from bench.cli.common import add_store_options, add_threads_option, parse_sets, settings_from
+from bench.launch.options import add_launch_options
 
 #: Grids above this many cells need ``--yes`` (:data:`bench.studies.spec.CONFIRM_CELLS`;
 #: repeated here so ``bench grid --help`` imports no study code).
@@ -28,10 +29,15 @@ def register(sub) -> None:
                        help=f"run a grid of more than {CONFIRM_CELLS:,} cells (refused without it)")
         add_store_options(g)
         add_threads_option(g)
+        add_launch_options(g)
         g.set_defaults(fn=lambda a, k=kind: run(a, k))
 
 
 def run(args: argparse.Namespace, kind: str) -> int:
+    if args.workers is not None or args.gpus is not None:  # N local workers under one parent
+        from bench.launch.local import launch
+
+        return launch(args, kind)
     from bench.config import ConfigError, set_dotted
     from bench.studies import load_spec
 

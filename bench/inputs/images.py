@@ -73,11 +73,14 @@ def decode_short_side(size: int, data_cfg: Any) -> int | None:
 
 
 def resolve_workers(choice: int | None, ds: RetrievalDataset) -> int:
-    """``train.num_workers``: null -> 0 for in-memory images, else min(8, cores - 1)."""
+    """``train.num_workers``: null -> 0 for in-memory images, else ``$BENCH_LOADER_WORKERS``
+    (a launcher's share per worker, :mod:`bench.launch.local`) or min(8, cores - 1)."""
     if choice is not None:
         return int(choice)
     if isinstance(ds.train.x, np.ndarray):
         return 0
+    if os.environ.get("BENCH_LOADER_WORKERS"):
+        return int(os.environ["BENCH_LOADER_WORKERS"])
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
