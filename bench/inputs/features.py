@@ -64,6 +64,11 @@ class FeatureInputs(Inputs):
     def train_inputs(self) -> torch.Tensor:
         return self.stream.x
 
+    def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's features and labels on the device, ``(x (N, I), y (N,))``:
+        what another model trained over the same split builds its batch streams from."""
+        return self.stream.x, self.stream.y
+
     @torch.no_grad()
     def embed(self, model: torch.nn.Module, split: Split) -> torch.Tensor:
         x = self.tensor(split)

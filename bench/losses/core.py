@@ -36,6 +36,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from bench.losses.hooks import TrainingHooks
+
 #: ``objective(sim) -> (loss value (0-d), dL/dsim (B, C))``. May overwrite ``sim`` while it
 #: runs but must leave its values unchanged on return; may return ``sim``-sized buffers it owns.
 Objective = Callable[[Tensor], "tuple[Tensor, Tensor]"]
@@ -366,7 +368,7 @@ def nca_objective(sim: Tensor, labels: Tensor, scale: float, include_positive: b
 # ---------------------------------------------------------------------------- module base
 
 
-class ProxyLoss(nn.Module):
+class ProxyLoss(nn.Module, TrainingHooks):
     """One proxy per class plus an objective over cosine similarities.
 
     Subclasses implement :meth:`objective`; ``forward(embeddings, labels, **kw)`` is the

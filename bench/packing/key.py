@@ -14,16 +14,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bench.losses.registry import LOSSES
+
 #: Fields a packed cell holds on its own (as [C]-shaped tensors, or its own batch stream).
 PER_CELL_TRAIN = ("train.lr", "train.proxy_lr_mult", "train.weight_decay", "train.seed")
 
-#: Loss kinds the packed trainer implements in batched form, with their per-cell fields.
-#: Losses with training hooks or per-batch state (Smooth Proxy-Anchor's phase 1, the
-#: hierarchical loss's re-clustering) and pair losses train alone.
-PER_CELL_LOSS = {
-    "proxy_anchor": ("loss.alpha", "loss.delta"),
-    "proxy_nca": ("loss.scale",),
-}
+#: Loss kinds with a packed form (their registry entry's ``packed``), with their per-cell
+#: fields (``per_cell``). Losses with training hooks or per-batch state (Smooth
+#: Proxy-Anchor's phase 1, the hierarchical loss's re-clustering) and pair losses train alone.
+PER_CELL_LOSS = {e.name: e.per_cell for e in LOSSES.entries() if e.packed is not None}
 
 PER_CELL = PER_CELL_TRAIN + tuple(f for fields in PER_CELL_LOSS.values() for f in fields)
 
