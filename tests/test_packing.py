@@ -302,3 +302,38 @@ def test_packed_evaluation_leaves_the_thread_count_as_it_found_it(monkeypatch):
         assert len(seen) == 3 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- pack invariance
+
+
+def _demo_cells(epochs: int, n: int | None = None):
+    from bench.perf.pack import grid_configs
+
+    cfgs, _ = grid_configs("studies/demo.yaml", None, epochs)
+    return cfgs[:n] if n else cfgs
+
+
+def _check_invariance(cfgs, sizes, capsys):
+    from bench.perf.pack import invariance, print_invariance
+
+    rows = invariance(cfgs, create_dataset(cfgs[0].data), sizes)
+    with capsys.disabled():
+        print(f"\n{len(cfgs)} demo cells, {cfgs[0].train.epochs} epochs:")
+        print_invariance(rows)
+    _threads, *packed = rows  # 1 against 2 threads may differ: BatchNorm's batch statistics (docs/studies.md)
+    for a, b, diff, where in packed:  # the same thread count: to the bit, whatever the pack
+        assert diff == 0, f"{a} vs {b}: {diff} at {where}"
+
+
+def test_a_cells_numbers_do_not_depend_on_its_pack(capsys):
+    """Three demo cells, one epoch: sequential at 1 and 2 threads, packed as one pack of
+    three and as three packs of one. At 2 threads every number is the same to the bit,
+    packed or not; 1 against 2 threads is printed."""
+    _check_invariance(_demo_cells(1, 3), (3, 1), capsys)
+
+
+@pytest.mark.slow
+def test_the_demo_grid_does_not_depend_on_its_packs(capsys):
+    """The whole demo grid (25 cells, its 20 epochs), packed at 25 and at 5."""
+    _check_invariance(_demo_cells(None), (25, 5), capsys)
