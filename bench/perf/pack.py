@@ -63,16 +63,18 @@ def timed_search(spent: list[float]) -> Iterator[None]:
         base.split_metrics = packed.split_metrics = original
 
 
-#: Row keys that are timings, not results: left out of the invariance comparison.
-TIMINGS = ("epoch_seconds", "train_images_per_second")
+def is_timing(key: str) -> bool:
+    """Keys that are timings, not results (``epoch_seconds``, ``phase1_seconds``, ``*_per_second``)."""
+    return key.endswith(("seconds", "per_second"))
 
 
 def numbers(result) -> dict[str, float]:
-    """A trial's results as flat numbers: final metrics, and every evaluated epoch's row."""
+    """A trial's results as flat numbers: final metrics, and every evaluated epoch's row;
+    timings left out, NaN as None (so that equal runs compare equal)."""
     out = dict(result.metrics)
     for row in result.history:
-        out.update({f"epoch {row['epoch']} {k}": v for k, v in row.items() if k not in TIMINGS})
-    return out
+        out.update({f"epoch {row['epoch']} {k}": v for k, v in row.items()})
+    return {k: None if v != v else v for k, v in out.items() if not is_timing(k)}
 
 
 def largest_difference(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[float, str]:
@@ -82,8 +84,9 @@ def largest_difference(a: list[dict[str, float]], b: list[dict[str, float]]) -> 
         if set(x) != set(y):
             return float("inf"), f"cell {i}: different keys"
         for k, v in x.items():
-            if abs(v - y[k]) > best:
-                best, where = abs(v - y[k]), f"cell {i}: {k}"
+            d = 0.0 if v == y[k] else float("inf") if v is None or y[k] is None else abs(v - y[k])
+            if d > best:
+                best, where = d, f"cell {i}: {k}"
     return best, where
 
 
