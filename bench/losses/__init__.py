@@ -35,7 +35,6 @@ _LAZY = {
     "train_confidence_module": "bench.losses.confidence",
     "ProxyLoss": "bench.losses.core",
     "cosine_objective": "bench.losses.core",
-    "log1p_sum_exp": "bench.losses.core",
     "ProxyAnchorLoss": "bench.losses.proxy_anchor",
     "ProxyNCALoss": "bench.losses.proxy_nca",
     "SmoothProxyAnchorLoss": "bench.losses.smooth_proxy_anchor",
