@@ -26,7 +26,7 @@ import copy
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from bench.losses import TrainingHooks, build_loss
 from bench.models import EmbeddingNet, create_model
 from bench.precision import Precision, PrecisionError, resolve_amp  # noqa: F401 (resolve_amp re-exported)
 from bench.preflight import NO_VAL_SPLIT, check_against_dataset  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from bench.inputs.frozen import FeatureCache
 
 
 def seed_everything(seed: int) -> None:
@@ -221,14 +224,16 @@ def run_trial(
     data_root: str | None = None,
     callbacks: list[EpochCallback] | tuple = (),
     on_setup: Callable[[dict[str, Any]], None] | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> TrialResult:
     """Train and evaluate one configuration. Raises :class:`TrialFailed` on a NaN loss, and
-    whatever a callback raises (e.g. ``optuna.TrialPruned``)."""
+    whatever a callback raises (e.g. ``optuna.TrialPruned``). ``feature_cache``: where
+    frozen-backbone features are held in memory (default: the process's)."""
     t0 = time.perf_counter()
     seed_everything(cfg.train.seed)
     ds = dataset if dataset is not None else create_dataset(cfg.data, data_root)
     setup = TrialSetup.decide(cfg, ds, t0)
-    with create_inputs(ds, cfg, setup.device, setup.precision) as inputs:
+    with create_inputs(ds, cfg, setup.device, setup.precision, feature_cache) as inputs:
         program = TrialProgram(cfg, inputs, setup.precision)
         cells = Cells(program, [list(callbacks)])
         run_cells(cells, cfg, setup, inputs, {**setup.info(inputs), **program.info()}, [on_setup],
