@@ -166,10 +166,10 @@ def grid(tiny_trial, **common):
 
 
 def test_run_packed_gives_each_cell_what_run_trial_gives(tiny_trial, ds):
-    """float32: the batched and per-cell products round differently (about 1e-7 relative),
-    so losses agree to 1e-4 after three epochs; the retrieval metrics of a 96-query test split
-    may then differ by a query or two whose nearest neighbours nearly tie (0.0104 each).
-    Exactly equal: the keys, the schedule, and the metrics of each cell's own embeddings."""
+    """float32, three epochs, cells of two seeds: every number of every cell (losses, metrics
+    at every epoch, the selected epoch, the final metrics) is what run_trial gives, to the bit."""
+    from bench.perf.pack import numbers
+
     cfgs = grid(tiny_trial)
     seen_seq, seen_pack = [[] for _ in cfgs], [[] for _ in cfgs]
     setup_seq, setup_pack = [], []
@@ -179,15 +179,9 @@ def test_run_packed_gives_each_cell_what_run_trial_gives(tiny_trial, ds):
                         [setup_pack.append] * len(cfgs))
     assert all(isinstance(r, TrialResult) for r in packed)
     for a, b, sa, sb in zip(seq, packed, seen_seq, seen_pack):
-        assert set(a.metrics) == set(b.metrics) and len(a.history) == len(b.history) == 3
-        assert [set(r) for r in a.history] == [set(r) for r in b.history]
+        assert len(a.history) == len(b.history) == 3 and [set(r) for r in a.history] == [set(r) for r in b.history]
         assert [e for e, _ in sa] == [e for e, _ in sb] == [1, 2, 3] and [m for _, m in sb] == b.history
-        for ra, rb in zip(a.history, b.history):
-            assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
-        for k, v in a.metrics.items():
-            assert b.metrics[k] == pytest.approx(v, abs=0.025), k
-        best = max(b.history, key=lambda r: r["val_recall_at_1"])  # first of the highest
-        assert b.best_epoch == best["epoch"] and b.metrics["val_recall_at_1"] == best["val_recall_at_1"]
+        assert numbers(b) == numbers(a) and b.best_epoch == a.best_epoch
         assert (b.device, b.dataset_fingerprint) == (a.device, a.dataset_fingerprint)
     assert setup_pack == [{**setup_seq[0], "packed": 3}] * 3
 
