@@ -173,7 +173,7 @@ class EvalConfig(_Strict):
 
 
 def _loss_union():
-    classes = tuple(e.config_cls for e in LOSSES.values())
+    classes = tuple(e.config_cls for e in LOSSES.entries())
     return Annotated[Union[classes], Field(discriminator="name")]  # type: ignore[valid-type]
 
 
@@ -186,7 +186,7 @@ class TrialConfig(_Strict):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=lambda: LOSSES[DEFAULT_LOSS].config_cls())  # type: ignore[valid-type]
+    loss: LossConfig = Field(default_factory=lambda: LOSSES.get(DEFAULT_LOSS).config_cls())  # type: ignore[valid-type]
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -268,7 +268,7 @@ def _describe(err: dict[str, Any], root: type[BaseModel]) -> str:
     # Drop the discriminator tag pydantic inserts: ('loss', 'proxy_anchor', 'alpha').
     if len(loc) >= 2 and loc[0] == "loss" and loc[1] in LOSSES:
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(LOSSES[loc[1]].config_cls, loc[2:-1])
+            allowed = _allowed_keys(LOSSES.get(loc[1]).config_cls, loc[2:-1])
             hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
             return f"{'.'.join([loc[0]] + loc[2:])}: unknown key{hint}"
         loc = [loc[0]] + loc[2:]

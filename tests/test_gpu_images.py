@@ -99,13 +99,12 @@ def _one_step_grads(compile_: bool):
     """Gradients of one bf16 channels_last training step (same weights, same batch)."""
     from bench.losses import build_loss
     from bench.models import create_model
-    from bench.train import compiled_forward
 
     torch.manual_seed(0)
     cfg = resolve_trial({}, dotted=DIGITS)
     model = create_model(cfg.model, None).cuda().to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss, 5, cfg.model.embedding_dim).cuda()
-    forward = compiled_forward(model, compile_)
+    forward = model.training_forward(compile_)
     ds = create_dataset(cfg.data)
     x = torch.as_tensor(ds.train.x[:64]).cuda().expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
     y = torch.as_tensor(ds.train.y[:64]).cuda()

@@ -98,25 +98,16 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
 
 @pytest.mark.parametrize("pack", ["off", "auto"])
 def test_nan_trial_fails_alone_and_resume_skips_it(stores, monkeypatch, pack):
-    import torch
-
     from bench.losses import ProxyAnchorLoss
-    from bench.packing.losses import StackedProxyAnchor
 
     settings, _ = stores
-    real, real_stacked = ProxyAnchorLoss.forward, StackedProxyAnchor.forward
+    real = ProxyAnchorLoss.objective
 
-    def nan_at_alpha_16_delta_0(self, emb, labels, **kw):
-        out = real(self, emb, labels, **kw)
-        return out * float("nan") if (self.alpha, self.delta) == (16.0, 0.0) else out
+    def nan_at_alpha_16_delta_0(self, sim, labels):  # a packed cell runs its own objective too
+        value, grad = real(self, sim, labels)
+        return (value * float("nan"), grad) if (self.alpha, self.delta) == (16.0, 0.0) else (value, grad)
 
-    def nan_in_the_cell_at_alpha_16_delta_0(self, emb, labels):
-        out = real_stacked(self, emb, labels)
-        bad = (self.hyper("alpha").flatten() == 16.0) & (self.hyper("delta").flatten() == 0.0)
-        return torch.where(bad, torch.nan, out)
-
-    monkeypatch.setattr(ProxyAnchorLoss, "forward", nan_at_alpha_16_delta_0)
-    monkeypatch.setattr(StackedProxyAnchor, "forward", nan_in_the_cell_at_alpha_16_delta_0)
+    monkeypatch.setattr(ProxyAnchorLoss, "objective", nan_at_alpha_16_delta_0)
     spec = StudySpec(experiment="nan", kind="grid", grid=GRID, pack=pack)
     out = run_study(spec, settings, progress=False)
     assert (out.completed, out.failed) == (3, 1)

@@ -26,11 +26,11 @@ from bench.losses import (
 def test_everything_registers_on_import():
     assert list_losses("proxy") == ["hierarchical", "proxy_anchor", "proxy_nca", "smooth_proxy_anchor"]
     assert list_losses("pair") == ["multi_similarity", "triplet"]
-    for name, entry in LOSSES.items():
-        assert entry.config_cls().name == name  # the discriminator tag defaults to the name
+    for entry in LOSSES.entries():
+        assert entry.config_cls().name == entry.name  # the discriminator tag defaults to the name
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", LOSSES.names())
 def test_build_every_loss_and_backprop(name):
     loss = build_loss({"name": name}, 12, 8)
     g = torch.Generator().manual_seed(0)
@@ -43,7 +43,7 @@ def test_build_every_loss_and_backprop(name):
 
 def test_build_types_and_fields():
     assert isinstance(build_loss({"name": "proxy_nca", "scale": 8, "include_positive": True}, 5, 4), ProxyNCALoss)
-    pa = build_loss(LOSSES["proxy_anchor"].config_cls(alpha=64, delta=0.2), 5, 4)
+    pa = build_loss(LOSSES.get("proxy_anchor").config_cls(alpha=64, delta=0.2), 5, 4)
     assert isinstance(pa, ProxyAnchorLoss) and (pa.alpha, pa.delta) == (64, 0.2)
     spa = build_loss({"name": "smooth_proxy_anchor", "confidence": {"hidden_dim": 0, "epochs": 3}}, 5, 4)
     assert isinstance(spa, SmoothProxyAnchorLoss) and spa.confidence.epochs == 3
@@ -52,7 +52,7 @@ def test_build_types_and_fields():
 
 
 def test_unknown_name_lists_the_allowed():
-    with pytest.raises(KeyError, match="unknown loss 'arcface'.*proxy_anchor"):
+    with pytest.raises(KeyError, match="unknown loss.name 'arcface'; allowed: .*proxy_anchor"):
         build_loss({"name": "arcface"}, 5, 4)
 
 
@@ -79,7 +79,7 @@ def test_bad_values_fail_validation_naming_the_field(cfg, field):
 
 def test_discriminated_union_over_the_registry():
     """What bench.config does: one union over LOSSES, dotted grid keys like loss.base.alpha."""
-    union = Annotated[Union[tuple(e.config_cls for e in LOSSES.values())], Field(discriminator="name")]
+    union = Annotated[Union[tuple(e.config_cls for e in LOSSES.entries())], Field(discriminator="name")]
 
     class Trial(BaseModel):
         loss: union  # type: ignore[valid-type]

@@ -15,7 +15,7 @@ import torch
 from bench.config import resolve_trial
 from bench.losses import build_loss
 from bench.models import create_model
-from bench.train import compiled_forward, run_trial
+from bench.train import run_trial
 
 DIGITS = {
     "data.name": "digits", "model.backbone": "small_cnn", "model.head": "linear", "model.embedding_dim": 32,
@@ -39,7 +39,7 @@ def test_compile_wraps_the_backbone_only_and_keeps_the_state_dict(monkeypatch):
     keys = list(model.state_dict())
     loss_fn = build_loss(cfg.loss, 5, 32)
     x, y = torch.randn(16, 3, 8, 8), torch.arange(16) % 5
-    forward = compiled_forward(model, True)
+    forward = model.training_forward(True)
     assert forward is not model and list(model.state_dict()) == keys  # no _orig_mod. prefixes
     le, ge = _step(model, model, loss_fn, x, y)
     lc, gc = _step(forward, model, loss_fn, x, y)
@@ -47,7 +47,7 @@ def test_compile_wraps_the_backbone_only_and_keeps_the_state_dict(monkeypatch):
     for n in ge:
         torch.testing.assert_close(gc[n], ge[n], rtol=1e-4, atol=1e-6)
     head_only = create_model(cfg.model, 64)
-    assert compiled_forward(head_only, True) is head_only and compiled_forward(model, False) is model
+    assert head_only.training_forward(True) is head_only and model.training_forward(False) is model
 
 
 @pytest.mark.slow

@@ -133,28 +133,28 @@ def _frozen(cache_dir, **over):
 
 
 def test_feature_cache_hit_and_equal_features(digits, tmp_path):
-    fc._MEMO.clear()
-    before = dict(fc.CACHE_STATS)
+    cache = fc.FeatureCache()  # this grid's memo (trials passed no cache share the process's)
 
     def encoded() -> int:
-        return fc.CACHE_STATS["images_encoded"] - before["images_encoded"]
+        return cache.stats["images_encoded"]
 
     n_images = len(digits.train) + len(digits.val) + len(digits.test)
     info1, info2, info3 = {}, {}, {}
-    r1 = run_trial(_frozen(tmp_path), dataset=digits, on_setup=info1.update)
+    r1 = run_trial(_frozen(tmp_path), dataset=digits, on_setup=info1.update, feature_cache=cache)
     assert encoded() == n_images  # train, val, test once each
     files = sorted(tmp_path.glob("small_cnn-*.pt"))
     assert len(files) == 3
     assert info1["feature_cache_misses"] == 3 and info1["feature_dim"] == 128
 
     # Another cell of a grid (loss and seed differ): no backbone pass at all.
-    run_trial(_frozen(tmp_path, **{"loss.alpha": 16.0, "train.seed": 1}), dataset=digits, on_setup=info2.update)
-    assert encoded() == n_images and info2["feature_cache_hits"] == 3
+    run_trial(_frozen(tmp_path, **{"loss.alpha": 16.0, "train.seed": 1}), dataset=digits, on_setup=info2.update,
+              feature_cache=cache)
+    assert encoded() == n_images and info2["feature_cache_hits"] == 3 and cache.stats["memory_hits"] == 3
 
-    # A new process (memo empty) reads the files; same seed -> the same trial as the miss.
-    fc._MEMO.clear()
-    r3 = run_trial(_frozen(tmp_path), dataset=digits, on_setup=info3.update)
-    assert encoded() == n_images and info3["feature_cache_hits"] == 3
+    # A new process (an empty memo) reads the files; same seed -> the same trial as the miss.
+    fresh = fc.FeatureCache()
+    r3 = run_trial(_frozen(tmp_path), dataset=digits, on_setup=info3.update, feature_cache=fresh)
+    assert fresh.stats["images_encoded"] == 0 and fresh.stats["disk_hits"] == 3 and info3["feature_cache_hits"] == 3
     assert r3.metrics == r1.metrics
 
     # The cached features equal an independent computation: the extractor over the

@@ -13,23 +13,30 @@ sees only ``train_batches(epoch)``, ``evaluate(model, split, ks)`` and ``input_d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from bench.config import TrialConfig
 
 from bench.data.base import RetrievalDataset
 from bench.inputs.base import Batch, Inputs, split_metrics
 from bench.inputs.features import FeatureBatches, FeatureInputs
 from bench.precision import Precision
 
+if TYPE_CHECKING:
+    from bench.inputs.frozen import FeatureCache
 
-def create_inputs(ds: RetrievalDataset, cfg: Any, device: torch.device, precision: Precision) -> Inputs:
-    """The input stage for ``ds`` under ``cfg`` (a :class:`bench.config.TrialConfig`)."""
+
+def create_inputs(ds: RetrievalDataset, cfg: TrialConfig, device: torch.device, precision: Precision,
+                  feature_cache: "FeatureCache | None" = None) -> Inputs:
+    """The input stage for ``ds`` under ``cfg``; ``feature_cache``: where frozen-backbone
+    features are held in memory (default: the process's, :data:`bench.inputs.frozen.PROCESS_CACHE`)."""
     setup: dict[str, Any] = {}
     if ds.kind == "images" and cfg.model.freeze_backbone:
         from bench.inputs.frozen import frozen_features
 
-        ds, setup = frozen_features(ds, cfg, device)
+        ds, setup = frozen_features(ds, cfg, device, feature_cache)
     if ds.kind == "features":
         inputs: Inputs = FeatureInputs(ds, cfg, device)
     else:

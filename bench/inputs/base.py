@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
 from bench.data.base import RetrievalDataset, Split
-from bench.losses.registry import TrainingData
+from bench.losses.hooks import TrainingData
 from bench.metrics import retrieval_metrics
 
 SPLITS = ("train", "val", "test")
@@ -22,8 +23,10 @@ class Batch(NamedTuple):
     index: torch.Tensor
 
 
-class Inputs:
-    """A dataset and a config turned into batches on the device, for one trial.
+class Inputs(ABC):
+    """A dataset and a config turned into batches on the device, for one trial (the
+    trainer's contract with the input stage: an input path implements the two abstract
+    methods and inherits the rest).
 
     ``train_batches(epoch)`` yields the epoch's :class:`Batch` es (the sampler's order,
     seeded by trial seed and epoch); ``embed(model, split)`` gives the embeddings of a
@@ -40,11 +43,13 @@ class Inputs:
     def __init__(self) -> None:
         self.setup_info: dict[str, Any] = {}
 
+    @abstractmethod
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        raise NotImplementedError
+        """The epoch's training batches (1-based epoch), in the sampler's order."""
 
+    @abstractmethod
     def embed(self, model: torch.nn.Module, split: Split) -> torch.Tensor:
-        raise NotImplementedError
+        """``model``'s embeddings of ``split``, in row order (the model is in eval mode)."""
 
     def split(self, name: str) -> Split:
         s = getattr(self.dataset, name)

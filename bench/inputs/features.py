@@ -9,10 +9,11 @@ such model produced.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
+from bench.config import TrainConfig, TrialConfig
 from bench.data.base import RetrievalDataset, Split
 from bench.data.samplers import make_batches
 from bench.inputs.base import Batch, Inputs
@@ -23,7 +24,7 @@ EMBED_CHUNK = 8192
 class FeatureBatches:
     """The training batches of a features split, on the device, epoch after epoch."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, train_cfg: Any):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, train_cfg: TrainConfig):
         self.x, self.y = x, y
         self.sampler = make_batches(y.cpu().numpy(), train_cfg.batch_size, train_cfg.sampler, train_cfg.m_per_class,
                                     train_cfg.seed)
@@ -41,7 +42,7 @@ class FeatureBatches:
 class FeatureInputs(Inputs):
     """Features dataset (or cached frozen-backbone features) -> batches on ``device``."""
 
-    def __init__(self, ds: RetrievalDataset, cfg: Any, device: torch.device):
+    def __init__(self, ds: RetrievalDataset, cfg: TrialConfig, device: torch.device):
         super().__init__()
         if ds.kind != "features":
             raise ValueError(f"FeatureInputs needs a features dataset; {ds.name!r} holds {ds.kind}")
@@ -63,6 +64,11 @@ class FeatureInputs(Inputs):
 
     def train_inputs(self) -> torch.Tensor:
         return self.stream.x
+
+    def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's features and labels on the device, ``(x (N, I), y (N,))``:
+        what another model trained over the same split builds its batch streams from."""
+        return self.stream.x, self.stream.y
 
     @torch.no_grad()
     def embed(self, model: torch.nn.Module, split: Split) -> torch.Tensor:

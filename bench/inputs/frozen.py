@@ -13,9 +13,10 @@ seed 0"), the pooling, the image size and eval resize, the decode size, the
 normalisation, and the split's content (image paths with each file's size and mtime, or
 the bytes of an in-memory array). Labels, label noise, the loss and every training knob
 are not in the key, so all trials of a grid over them share one extraction. Two levels:
-a process-level memo (a grid runs its trials in one process) and files
-``<model.feature_cache>/<backbone>-<key>.pt`` (other processes, later runs).
-``CACHE_STATS`` counts hits, misses and encoded images (the tests read it).
+a :class:`FeatureCache` in memory (its ``memo``; a grid runs its trials in one process and
+shares :data:`PROCESS_CACHE` unless a caller passes its own) and files
+``<model.feature_cache>/<backbone>-<key>.pt`` (other processes, later runs). The cache's
+``stats`` count hits, misses and encoded images.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench.config import DataConfig, ModelConfig, TrialConfig
 from bench.data.base import RetrievalDataset, Split
 from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_for
 from bench.inputs.images import ImageInputs, decode_short_side, image_size
@@ -39,8 +41,23 @@ from bench.models.backbones import BACKBONES, create_backbone, file_sha256, reso
 from bench.precision import Precision
 
 VERSION = 2  # 2: eval crops on the device (one batched resample) instead of per image
-CACHE_STATS = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "images_encoded": 0}
-_MEMO: dict[str, torch.Tensor] = {}
+
+
+class FeatureCache:
+    """Frozen features by key, in memory, and the counts of how they were found (``stats``).
+    Callers that want their own (a benchmark without a memo, a test) pass a fresh one."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, torch.Tensor] = {}
+        self.stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "images_encoded": 0}
+
+    def clear(self) -> None:
+        """Forget every feature held in memory (the files stay)."""
+        self.memo.clear()
+
+
+#: The cache trials share when their caller passes none (the trials of one process).
+PROCESS_CACHE = FeatureCache()
 
 
 # ---------------------------------------------------------------------------- keys
@@ -58,15 +75,15 @@ def split_content_hash(split: Split) -> str:
     return h.hexdigest()
 
 
-def backbone_key(model_cfg: Any, data_cfg: Any, ds: RetrievalDataset) -> dict[str, Any]:
+def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, ds: RetrievalDataset) -> dict[str, Any]:
     """Everything besides the images that the frozen features depend on."""
     name = model_cfg.backbone
     if name not in BACKBONES:
         raise ValueError(f"unknown model.backbone {name!r}; allowed: none, {', '.join(sorted(BACKBONES))}")
-    impl = getattr(model_cfg, "backbone_impl", "auto")
+    impl = model_cfg.backbone_impl
     if name.startswith("resnet") and impl == "auto":
         impl = "torchvision" if (torchvision_available() and not os.environ.get("BENCH_NO_TORCHVISION")) else "builtin"
-    path = resolve_weights(name, getattr(model_cfg, "weights", None), getattr(model_cfg, "pretrained", False))
+    path = resolve_weights(name, model_cfg.weights, model_cfg.pretrained)
     size = image_size(ds, data_cfg)
     return {
         "version": VERSION,
@@ -74,7 +91,7 @@ def backbone_key(model_cfg: Any, data_cfg: Any, ds: RetrievalDataset) -> dict[st
         "impl": impl,
         "weights": file_sha256(path) if path is not None else "random-init-seed-0",
         "weights_path": str(path) if path is not None else None,
-        "pool": getattr(model_cfg, "pool", "gap_gmp"),
+        "pool": model_cfg.pool,
         "size": size,
         "eval_resize": eval_resize_for(size),
         "decode_short_side": decode_short_side(size, data_cfg),
@@ -92,37 +109,39 @@ def _digest(d: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- extraction
 
 
-def build_extractor(model_cfg: Any, weights_path: str | None, impl: str) -> FeatureExtractor:
+def build_extractor(model_cfg: ModelConfig, weights_path: str | None, impl: str) -> FeatureExtractor:
     """The frozen network; a random init (no weights) is always seed 0, so it is cacheable."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         backbone = create_backbone(model_cfg.backbone, impl=impl, weights=weights_path)
-    return FeatureExtractor(backbone, getattr(model_cfg, "pool", "gap_gmp")).eval()
+    return FeatureExtractor(backbone, model_cfg.pool).eval()
 
 
 def cached_split_features(
     split: Split, key: dict[str, Any], encode: Callable[[Split], torch.Tensor], cache_dir: str | None,
+    cache: FeatureCache,
 ) -> tuple[torch.Tensor, str]:
     """Features of one split: memo, else file, else ``encode(split)`` (and stored in both)."""
     digest = _digest({**key, "content": split_content_hash(split)})
-    if digest in _MEMO:
-        CACHE_STATS["memory_hits"] += 1
-        return _MEMO[digest], "memory"
+    memo, stats = cache.memo, cache.stats
+    if digest in memo:
+        stats["memory_hits"] += 1
+        return memo[digest], "memory"
     path = Path(cache_dir).expanduser() / f"{key['backbone']}-{digest}.pt" if cache_dir else None
     if path is not None and path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             feats = blob["features"]
             if feats.shape[0] == len(split):
-                _MEMO[digest] = feats
-                CACHE_STATS["disk_hits"] += 1
+                memo[digest] = feats
+                stats["disk_hits"] += 1
                 return feats, "disk"
         except Exception:  # a damaged cache file is recomputed, never fatal
             pass
-    CACHE_STATS["misses"] += 1
+    stats["misses"] += 1
     feats = encode(split)
-    CACHE_STATS["images_encoded"] += len(split)
-    _MEMO[digest] = feats
+    stats["images_encoded"] += len(split)
+    memo[digest] = feats
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -132,10 +151,11 @@ def cached_split_features(
     return feats, "computed"
 
 
-def frozen_features(ds: RetrievalDataset, cfg: Any, device: torch.device) -> tuple[RetrievalDataset, dict[str, Any]]:
+def frozen_features(ds: RetrievalDataset, cfg: TrialConfig, device: torch.device,
+                    cache: FeatureCache | None = None) -> tuple[RetrievalDataset, dict[str, Any]]:
     """The image dataset ``ds`` as a features dataset of frozen-backbone features.
 
-    ``cfg`` is the :class:`bench.config.TrialConfig`. The torch RNG is left as it was
+    ``cache``: where features are held in memory (default :data:`PROCESS_CACHE`). The torch RNG is left as it was
     (a cache hit and a miss leave a trial on the same random stream). Returns the view
     and setup info (``feature_cache_hits``, ``feature_seconds``, ...).
     """
@@ -156,7 +176,7 @@ def frozen_features(ds: RetrievalDataset, cfg: Any, device: torch.device) -> tup
     def view(split: Split | None) -> Split | None:
         if split is None:
             return None
-        feats, src = cached_split_features(split, key, encode, cfg.model.feature_cache)
+        feats, src = cached_split_features(split, key, encode, cfg.model.feature_cache, cache or PROCESS_CACHE)
         sources.append(src)
         return Split(x=feats.numpy(), y=split.y, y_clean=split.y_clean, parents=split.parents, gallery=view(split.gallery))
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bench.config import DataConfig, TrialConfig
 from bench.data.base import RetrievalDataset, Split
 from bench.data.images import (
     IMAGENET_MEAN,
@@ -54,9 +55,9 @@ BLANK = np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8).reshape(1, 1, 3
 # ---------------------------------------------------------------------------- settings
 
 
-def image_size(ds: RetrievalDataset, data_cfg: Any) -> int:
+def image_size(ds: RetrievalDataset, data_cfg: DataConfig) -> int:
     """``data.image_size``, or 224 for image files / the native size of in-memory images."""
-    if getattr(data_cfg, "image_size", None):
+    if data_cfg.image_size:
         return int(data_cfg.image_size)
     x = ds.train.x
     if isinstance(x, np.ndarray) and x.ndim >= 3:
@@ -64,9 +65,9 @@ def image_size(ds: RetrievalDataset, data_cfg: Any) -> int:
     return 224
 
 
-def decode_short_side(size: int, data_cfg: Any) -> int | None:
+def decode_short_side(size: int, data_cfg: DataConfig) -> int | None:
     """``data.decode_short_side``: null -> the eval resize for ``size``; 0 -> full resolution."""
-    v = getattr(data_cfg, "decode_short_side", None)
+    v = data_cfg.decode_short_side
     if v is None:
         return eval_resize_for(size)
     return None if v == 0 else int(v)
@@ -251,7 +252,7 @@ class ImageInputs(Inputs):
     the memory format and the autocast the model runs embeddings in.
     """
 
-    def __init__(self, ds: RetrievalDataset, cfg: Any, device: torch.device, precision: Precision):
+    def __init__(self, ds: RetrievalDataset, cfg: TrialConfig, device: torch.device, precision: Precision):
         super().__init__()
         if ds.kind != "images":
             raise ValueError(f"ImageInputs needs an image dataset; {ds.name!r} holds {ds.kind}")

@@ -4,10 +4,11 @@ The registry and every loss's validated config are torch-free and imported eager
 (:mod:`bench.config` builds its discriminated union from :data:`LOSSES`); the loss
 modules themselves (torch) load on first use of one of their names.
 
-Optional trainer hooks a loss may define (the trainer calls them if present):
-``begin_training(TrainingData) -> dict[str, float]`` once before epoch 1,
-``batch_kwargs(inputs, indices) -> dict`` per batch (passed to ``loss(emb, labels, **kw)``),
-``begin_epoch(epoch)`` at the start of every epoch (1-based).
+Every loss module subclasses :class:`TrainingHooks` (:mod:`bench.losses.hooks`), the
+trainer's contract: ``begin_training(TrainingData) -> dict[str, float]`` once before epoch
+1, ``batch_kwargs(inputs, indices) -> dict`` per batch (passed to ``loss(emb, labels,
+**kw)``), ``begin_epoch(epoch)`` at the start of every epoch (1-based); the defaults do
+nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from bench.losses.configs import (
     SmoothProxyAnchorConfig,
     TripletConfig,
 )
-from bench.losses.registry import LOSSES, TrainingData, build_loss, list_losses, register_loss
+from bench.losses.hooks import TrainingData, TrainingHooks
+from bench.losses.registry import LOSSES, LossEntry, build_loss, list_losses, register_loss
 
 #: Names whose module imports torch: resolved on first access (PEP 562).
 _LAZY = {
@@ -33,7 +35,6 @@ _LAZY = {
     "train_confidence_module": "bench.losses.confidence",
     "ProxyLoss": "bench.losses.core",
     "cosine_objective": "bench.losses.core",
-    "log1p_sum_exp": "bench.losses.core",
     "ProxyAnchorLoss": "bench.losses.proxy_anchor",
     "ProxyNCALoss": "bench.losses.proxy_nca",
     "SmoothProxyAnchorLoss": "bench.losses.smooth_proxy_anchor",
@@ -50,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = sorted([
     "LOSSES", "ConfidenceConfig", "HierarchicalConfig", "LossConfigBase", "MultiSimilarityConfig",
-    "ProxyAnchorConfig", "ProxyNCAConfig", "SmoothProxyAnchorConfig", "TrainingData", "TripletConfig",
+    "LossEntry", "ProxyAnchorConfig", "ProxyNCAConfig", "SmoothProxyAnchorConfig", "TrainingData", "TrainingHooks",
+    "TripletConfig",
     "build_loss", "list_losses", "register_loss", *_LAZY,
 ])

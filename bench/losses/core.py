@@ -13,7 +13,7 @@ in one sweep with no autograd graph. The core does the rest:
   Forward + backward is the three B x D x C GEMMs plus a handful of O(B*C) passes.
 
 The numerical kernel is a *weighted* ``log(1 + sum w exp(z))`` computed as a log-sum-exp
-with a zero term (:func:`lse_softmax_`, and :func:`anchor_objective`'s column form),
+with a zero term (:func:`lse_softmax_`, and :func:`weighted_anchor_objective`'s column form),
 weights entering as ``+log w`` (``w = 0``, i.e. ``-inf``, excludes an entry). It never
 forms an unshifted ``exp(z)``, so ``alpha * (1 + delta) = 35.2`` cannot overflow, and all
 of it runs in float32 even for bfloat16/float16 inputs (float64 stays float64, for
@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from bench.losses.hooks import TrainingHooks
 
 #: ``objective(sim) -> (loss value (0-d), dL/dsim (B, C))``. May overwrite ``sim`` while it
 #: runs but must leave its values unchanged on return; may return ``sim``-sized buffers it owns.
@@ -89,32 +91,6 @@ def segment_lse_softmax(z: Tensor, segments: Tensor, num_segments: int) -> tuple
     e = (z - shift[segments]).exp_()
     total = torch.exp(-shift).index_add_(0, segments, e)
     return shift + total.log(), e.div_(total[segments])
-
-
-def log1p_sum_exp(z: Tensor, weight: Tensor | None = None, dim: int = 0) -> Tensor:
-    """Differentiable ``log(1 + sum_dim w * exp(z))``, stable, in float32 at least.
-
-    ``weight`` (broadcastable to ``z``, >= 0; 0 excludes) is a constant: no gradient flows
-    to it (confidences come from a frozen module).
-    """
-    return _Log1pSumExp.apply(z, weight, dim)
-
-
-class _Log1pSumExp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor, weight: Tensor | None, dim: int) -> Tensor:  # type: ignore[override]
-        logits = z.detach().to(compute_dtype(z), copy=True)
-        if weight is not None:
-            logits = logits + weight.detach().to(logits.dtype).log()
-        value, grad = lse_softmax_(logits, dim)
-        ctx.save_for_backward(grad)
-        ctx.dim, ctx.dtype = dim, z.dtype
-        return value
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return (grad * g.unsqueeze(ctx.dim)).to(ctx.dtype), None, None
 
 
 # ---------------------------------------------------------------------------- fused cosine + objective
@@ -294,20 +270,6 @@ def anchor_objective(
     return weighted_anchor_objective(sim, PairList(pos_rows, pos_cols), alpha, delta, pos_log_weight, neg_log_weight, neg_weight)
 
 
-def masked_anchor_objective(
-    sim: Tensor,
-    positive: Tensor,
-    alpha: float,
-    delta: float,
-    pos_log_weight: Tensor | float = 0.0,
-    neg_log_weight: Tensor | float = 0.0,
-    neg_weight: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """:func:`anchor_objective` with the positives as a (B, C) bool mask (``pos_log_weight``
-    then scalar or (B, C)): the fixed-shape form for accelerators (see :class:`PairMask`)."""
-    return weighted_anchor_objective(sim, PairMask(positive), alpha, delta, pos_log_weight, neg_log_weight, neg_weight)
-
-
 def weighted_anchor_objective(
     sim: Tensor,
     positives: PairList | PairMask,
@@ -366,7 +328,7 @@ def nca_objective(sim: Tensor, labels: Tensor, scale: float, include_positive: b
 # ---------------------------------------------------------------------------- module base
 
 
-class ProxyLoss(nn.Module):
+class ProxyLoss(nn.Module, TrainingHooks):
     """One proxy per class plus an objective over cosine similarities.
 
     Subclasses implement :meth:`objective`; ``forward(embeddings, labels, **kw)`` is the

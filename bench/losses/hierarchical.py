@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from bench.losses.configs import DEFAULT_WEIGHT, HierarchicalConfig, LossConfigBase
 from bench.losses.core import Objective, ProxyLoss, cosine_objective
-from bench.losses.registry import LOSSES, TrainingData, build_loss
+from bench.losses.hooks import TrainingHooks
+from bench.losses.registry import TrainingData, build_loss, list_losses
 
 
 def spherical_kmeans(points: Tensor, k: int, seed: int = 0, niter: int = 20, nredo: int = 3) -> tuple[Tensor, Tensor]:
@@ -54,7 +55,7 @@ def _scaled(objective: Objective, weight: float) -> Objective:
     return run
 
 
-class HierarchicalProxyLoss(nn.Module):
+class HierarchicalProxyLoss(nn.Module, TrainingHooks):
     """Upper levels of proxies over any proxy loss (``base``).
 
     ``base``: a registered proxy loss name, its config (dict or object), or a
@@ -164,20 +165,16 @@ class HierarchicalProxyLoss(nn.Module):
     # -- trainer hooks (delegated to the base where it has them)
 
     def begin_training(self, data: TrainingData) -> dict[str, float]:
-        hook = getattr(self.base, "begin_training", None)
-        return hook(data) if hook else {}
+        return self.base.begin_training(data)
 
     def batch_kwargs(self, inputs: Tensor, indices: Tensor | None = None) -> dict[str, Any]:
-        hook = getattr(self.base, "batch_kwargs", None)
-        return hook(inputs, indices) if hook else {}
+        return self.base.batch_kwargs(inputs, indices)
 
     def begin_epoch(self, epoch: int) -> None:
         """Epoch ``e`` (1-based) re-clusters when ``e > 1`` and ``(e - 1) % recluster_every == 0``."""
         if self.recluster_every > 0 and epoch > 1 and (epoch - 1) % self.recluster_every == 0:
             self.refresh()
-        hook = getattr(self.base, "begin_epoch", None)
-        if hook:
-            hook(epoch)
+        self.base.begin_epoch(epoch)
 
     def extra_repr(self) -> str:
         kinds = ["given" if g else "kmeans" for g in self.given]
@@ -192,16 +189,17 @@ def _make_base(base: str | dict[str, Any] | LossConfigBase | ProxyLoss, num_clas
     if isinstance(base, str):
         base = {"name": base}
     name = base.get("name") if isinstance(base, dict) else getattr(base, "name", None)
-    if name not in LOSSES or LOSSES[name].kind != "proxy" or name == "hierarchical":
-        allowed = [n for n in sorted(LOSSES) if LOSSES[n].kind == "proxy" and n != "hierarchical"]
+    allowed = [n for n in list_losses("proxy") if n != "hierarchical"]
+    if name not in allowed:
         raise ValueError(f"hierarchical base must be a proxy loss ({', '.join(allowed)}), got {name!r}")
     return build_loss(base, num_classes, embedding_size)  # type: ignore[return-value]
 
 
 def build(
-    cfg: HierarchicalConfig, num_classes: int, embedding_size: int, class_parents: np.ndarray | None = None, **_
+    cfg: HierarchicalConfig, num_classes: int, embedding_size: int, class_parents: np.ndarray | None = None,
+    seed: int = 0, **_
 ) -> HierarchicalProxyLoss:
-    """Registry factory (``LOSSES["hierarchical"]``)."""
+    """Registry factory (``LOSSES.get("hierarchical")``); ``seed`` (the trial's) seeds the k-means."""
     levels = cfg.levels
     parents: list[np.ndarray] = []
     if cfg.hierarchy == "given":
@@ -226,4 +224,5 @@ def build(
         weights=cfg.weights,
         parents=parents,
         recluster_every=cfg.recluster_every,
+        seed=seed,
     )

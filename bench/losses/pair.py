@@ -11,9 +11,10 @@ from pytorch_metric_learning import losses, miners
 from torch import Tensor, nn
 
 from bench.losses.configs import MultiSimilarityConfig, TripletConfig
+from bench.losses.hooks import TrainingHooks
 
 
-class PairLoss(nn.Module):
+class PairLoss(nn.Module, TrainingHooks):
     """A pml loss, optionally fed by a pml miner: ``loss(emb, labels, miner(emb, labels))``."""
 
     def __init__(self, loss: nn.Module, miner: nn.Module | None = None):

@@ -33,5 +33,5 @@ class ProxyAnchorLoss(ProxyLoss):
 
 
 def build(cfg: ProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> ProxyAnchorLoss:
-    """Registry factory (``LOSSES["proxy_anchor"]``)."""
+    """Registry factory (``LOSSES.get("proxy_anchor")``)."""
     return ProxyAnchorLoss(num_classes, embedding_size, alpha=cfg.alpha, delta=cfg.delta)

@@ -37,5 +37,5 @@ class ProxyNCALoss(ProxyLoss):
 
 
 def build(cfg: ProxyNCAConfig, num_classes: int, embedding_size: int, **_) -> ProxyNCALoss:
-    """Registry factory (``LOSSES["proxy_nca"]``)."""
+    """Registry factory (``LOSSES.get("proxy_nca")``)."""
     return ProxyNCALoss(num_classes, embedding_size, scale=cfg.scale, include_positive=cfg.include_positive)

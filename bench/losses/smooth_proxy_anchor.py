@@ -136,7 +136,7 @@ def _log_sigmoid(x: float) -> float:
 
 
 def build(cfg: SmoothProxyAnchorConfig, num_classes: int, embedding_size: int, **_) -> SmoothProxyAnchorLoss:
-    """Registry factory (``LOSSES["smooth_proxy_anchor"]``)."""
+    """Registry factory (``LOSSES.get("smooth_proxy_anchor")``)."""
     return SmoothProxyAnchorLoss(
         num_classes,
         embedding_size,

@@ -47,14 +47,33 @@ class EmbeddingHead(nn.Module):
             raise ValueError(f"unknown model.head {kind!r}; allowed: linear, mlp")
         if init not in self.INITS:
             raise ValueError(f"unknown model.head_init {init!r}; allowed: {', '.join(self.INITS)}")
-        self.init = init
+        self.kind, self.init = kind, init
         if init == "official":
-            last = self.net if kind == "linear" else self.net[-1]
+            last = self.parts()["last"]
             nn.init.kaiming_normal_(last.weight, mode="fan_out")
             nn.init.zeros_(last.bias)
 
+    def parts(self) -> dict[str, nn.Module]:
+        """The layers by role, what a stack of C heads (:class:`bench.packing.StackedHeads`)
+        reads: ``first``, the Linear over the inputs; for ``mlp`` also ``norm`` (its
+        BatchNorm1d, a ReLU after it) and ``last``, the embedding Linear. For ``linear``
+        the one layer is both ``first`` and ``last``."""
+        if self.kind == "linear":
+            return {"first": self.net, "last": self.net}
+        return {"first": self.net[0], "norm": self.net[1], "last": self.net[3]}
+
+    def part_names(self) -> dict[str, str]:
+        """Each part's name in this head's ``state_dict`` (``{"first": "net.0", ...}``)."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return {role: names[id(m)] for role, m in self.parts().items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)
+
+    def training_forward(self, compile: bool = False) -> "EmbeddingHead":
+        """The forward the trainer calls on batches: the head itself (``train.compile``
+        compiles backbones only: a head over features has nothing to gain)."""
+        return self
 
     def optimizer_groups(self, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
         """Every parameter at ``lr`` (``backbone_lr_mult`` is for models with a backbone)."""

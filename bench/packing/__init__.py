@@ -1,11 +1,12 @@
 """Cells trained together: many head-over-features trials of a grid or study as one program.
 
 * :func:`pack_key` (:mod:`bench.packing.key`, torch-free): which cells can share a program;
-* :func:`run_packed` (:mod:`bench.packing.trainer`): train them, one outcome per cell, each
-  as :func:`bench.train.run_trial` would give it;
+* :func:`run_packed` (:mod:`bench.packing.trainer`): train them with the epoch engine
+  (:mod:`bench.engine`), one outcome per cell, each what :func:`bench.train.run_trial`
+  gives it, to the bit;
 * the stacked pieces: :class:`~bench.packing.heads.StackedHeads`,
-  :mod:`bench.packing.losses` (batched Proxy-Anchor / Proxy-NCA with per-cell
-  hyperparameters), :class:`~bench.packing.optim.StackedAdamW` (per-cell learning rates).
+  :class:`~bench.packing.losses.StackedProxyLoss` (each cell's own single-cell objective
+  over stacked proxies), :class:`~bench.packing.optim.StackedAdamW` (per-cell learning rates).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """C embedding heads as one module: :class:`StackedHeads`.
 
-The parameters of C :class:`bench.models.EmbeddingHead` s stacked along a leading cell
-axis. The first layer over inputs shared by every cell is one GEMM,
-``x @ [W_1; ...; W_C]^T`` of shape (B, C*H), which is also the layout BatchNorm wants: a
-column per (cell, unit), statistics over the batch, so ``F.batch_norm`` on (B, C*H) with
-the C*H running statistics is exactly C BatchNorms. The second layer is a batched matrix
-product (one per cell). Inputs that differ per cell (cells of different seeds read
-different batches) arrive as (C, B, I) and take a batched product in the first layer too.
+The parameters of C :class:`bench.models.EmbeddingHead` s (read through their
+:meth:`~bench.models.EmbeddingHead.parts`) stacked along a leading cell axis. The first
+layer over inputs shared by every cell is one GEMM, ``x @ [W_1; ...; W_C]^T`` of shape
+(B, C*H), which is also the layout BatchNorm wants: a column per (cell, unit), statistics
+over the batch, so ``F.batch_norm`` on (B, C*H) with the C*H running statistics is
+exactly C BatchNorms. The second layer is a batched matrix product (one per cell). Inputs
+that differ per cell (cells of different seeds read different batches) arrive as
+(C, B, I) and take a batched product in the first layer too. Each output column is the
+same dot product, in the same order, as in the cell's own head (``tests/test_packing.py``
+checks that a cell's embeddings and gradients are bitwise those of its head alone).
 
 Written by hand because ``torch.func.stack_module_state`` + ``vmap`` cannot update the
 BatchNorm running statistics in place under ``vmap`` and pays per-call functional
@@ -22,27 +25,27 @@ from torch import Tensor, nn
 from bench.models import EmbeddingHead
 
 
+def _stacked(modules: list[nn.Module], name: str) -> Tensor:
+    return torch.stack([getattr(m, name).detach() for m in modules]).clone()
+
+
 class StackedHeads(nn.Module):
     """``forward(x)``: (B, I) shared or (C, B, I) per cell -> (C, B, E) L2-normalised."""
 
     def __init__(self, heads: list[EmbeddingHead]):
         super().__init__()
-        first = heads[0].net
-        self.kind = "linear" if isinstance(first, nn.Linear) else "mlp"
-        self.cells = len(heads)
-        layers = [h.net if self.kind == "linear" else h.net[0] for h in heads]
-        self.w1 = nn.Parameter(torch.stack([m.weight.detach() for m in layers]).clone())
-        self.b1 = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).clone())
+        self.kind, self.cells = heads[0].kind, len(heads)
+        self.names = heads[0].part_names()  # where each part lives in an EmbeddingHead's state_dict
+        parts = [h.parts() for h in heads]
+        first = [p["first"] for p in parts]
+        self.w1, self.b1 = nn.Parameter(_stacked(first, "weight")), nn.Parameter(_stacked(first, "bias"))
         if self.kind == "mlp":
-            bns = [h.net[1] for h in heads]
-            self.bn_w = nn.Parameter(torch.stack([b.weight.detach() for b in bns]).clone())
-            self.bn_b = nn.Parameter(torch.stack([b.bias.detach() for b in bns]).clone())
-            self.register_buffer("running_mean", torch.stack([b.running_mean for b in bns]).clone())
-            self.register_buffer("running_var", torch.stack([b.running_var for b in bns]).clone())
+            bns, last = [p["norm"] for p in parts], [p["last"] for p in parts]
+            self.bn_w, self.bn_b = nn.Parameter(_stacked(bns, "weight")), nn.Parameter(_stacked(bns, "bias"))
+            self.register_buffer("running_mean", _stacked(bns, "running_mean"))
+            self.register_buffer("running_var", _stacked(bns, "running_var"))
             self.momentum, self.eps = bns[0].momentum, bns[0].eps
-            last = [h.net[3] for h in heads]
-            self.w2 = nn.Parameter(torch.stack([m.weight.detach() for m in last]).clone())
-            self.b2 = nn.Parameter(torch.stack([m.bias.detach() for m in last]).clone())
+            self.w2, self.b2 = nn.Parameter(_stacked(last, "weight")), nn.Parameter(_stacked(last, "bias"))
 
     def _first(self, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         """Layer over the inputs -> (B, C*out)."""
@@ -74,12 +77,13 @@ class StackedHeads(nn.Module):
 
     def head_state(self, i: int) -> dict[str, Tensor]:
         """Cell ``i`` as an :class:`EmbeddingHead` ``state_dict`` (tests, export)."""
-        s = self.cell_state(i)
+        s, n = self.cell_state(i), self.names
         if self.kind == "linear":
-            return {"net.weight": s["w1"], "net.bias": s["b1"]}
-        return {"net.0.weight": s["w1"], "net.0.bias": s["b1"], "net.1.weight": s["bn_w"], "net.1.bias": s["bn_b"],
-                "net.1.running_mean": s["running_mean"], "net.1.running_var": s["running_var"],
-                "net.3.weight": s["w2"], "net.3.bias": s["b2"]}
+            return {f"{n['first']}.weight": s["w1"], f"{n['first']}.bias": s["b1"]}
+        return {f"{n['first']}.weight": s["w1"], f"{n['first']}.bias": s["b1"],
+                f"{n['norm']}.weight": s["bn_w"], f"{n['norm']}.bias": s["bn_b"],
+                f"{n['norm']}.running_mean": s["running_mean"], f"{n['norm']}.running_var": s["running_var"],
+                f"{n['last']}.weight": s["w2"], f"{n['last']}.bias": s["b2"]}
 
     @torch.no_grad()
     def keep(self, rows: Tensor) -> None:

@@ -12,18 +12,21 @@ config's fields so that a new one has to be classified here.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+from bench.losses.registry import LOSSES
+
+if TYPE_CHECKING:
+    from bench.config import TrialConfig
+    from bench.data import RetrievalDataset
 
 #: Fields a packed cell holds on its own (as [C]-shaped tensors, or its own batch stream).
 PER_CELL_TRAIN = ("train.lr", "train.proxy_lr_mult", "train.weight_decay", "train.seed")
 
-#: Loss kinds the packed trainer implements in batched form, with their per-cell fields.
-#: Losses with training hooks or per-batch state (Smooth Proxy-Anchor's phase 1, the
-#: hierarchical loss's re-clustering) and pair losses train alone.
-PER_CELL_LOSS = {
-    "proxy_anchor": ("loss.alpha", "loss.delta"),
-    "proxy_nca": ("loss.scale",),
-}
+#: Loss kinds with a packed form (their registry entry's ``packed``), with their per-cell
+#: fields (``per_cell``). Losses with training hooks or per-batch state (Smooth
+#: Proxy-Anchor's phase 1, the hierarchical loss's re-clustering) and pair losses train alone.
+PER_CELL_LOSS = {e.name: e.per_cell for e in LOSSES.entries() if e.packed is not None}
 
 PER_CELL = PER_CELL_TRAIN + tuple(f for fields in PER_CELL_LOSS.values() for f in fields)
 
@@ -42,7 +45,7 @@ SHARED = (
 )
 
 
-def why_alone(cfg: Any, dataset_kind: str, has_val: bool) -> str | None:
+def why_alone(cfg: TrialConfig, dataset_kind: str, has_val: bool) -> str | None:
     """Why a cell cannot be packed (None: it can)."""
     if dataset_kind != "features":
         return "image dataset (the packed trainer trains heads over features)"
@@ -61,7 +64,7 @@ def why_alone(cfg: Any, dataset_kind: str, has_val: bool) -> str | None:
     return None
 
 
-def pack_key(cfg: Any, dataset: Any) -> str | None:
+def pack_key(cfg: TrialConfig, dataset: RetrievalDataset) -> str | None:
     """Cells with equal keys can train together; None: this cell runs alone (``run_trial``).
 
     ``cfg``: a :class:`bench.config.TrialConfig`; ``dataset``: the

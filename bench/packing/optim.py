@@ -9,8 +9,6 @@ broadcast over each row. A test checks it against ``torch.optim.AdamW`` per cell
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -33,7 +31,7 @@ class StackedAdamW:
     def step(self) -> None:
         b1, b2 = self.betas
         self.steps += 1
-        bc1, bc2_sqrt = 1 - b1**self.steps, math.sqrt(1 - b2**self.steps)
+        bc1, bc2_sqrt = 1 - b1**self.steps, (1 - b2**self.steps) ** 0.5  # as torch's AdamW, to the bit
         for params, lr, wd in self.groups:
             for p in params:
                 if p.grad is None:

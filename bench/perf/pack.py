@@ -7,6 +7,11 @@ same process, round-robin over ``--repeat`` rounds (a noisy neighbour slows both
 Trainer level only: no Optuna, no MLflow. Prints each cell's test R@1 both ways, both wall
 times (medians), the ratio packed / sequential and its target (0.6 on 2 CPU cores).
 
+``--invariance``: instead of timing, train the grid sequentially at 1 and at 2 torch threads
+and packed at sizes ``--sizes`` (default 25 and 5: one pack of all, packs of five), and print
+the largest difference of any metric (final and per epoch, timings excepted) between each
+pair (:func:`invariance`; ``tests/test_packing.py`` runs it on part of the demo grid).
+
 Both runs also report the time spent in the retrieval search (``split_metrics``, one per
 cell and evaluated split either way: packing batches the embedding forward, not the
 search) and the rest (set-up, training, embedding), so the ratio of the part packing
@@ -58,12 +63,79 @@ def timed_search(spent: list[float]) -> Iterator[None]:
         base.split_metrics = packed.split_metrics = original
 
 
+def is_timing(key: str) -> bool:
+    """Keys that are timings, not results (``epoch_seconds``, ``phase1_seconds``, ``*_per_second``)."""
+    return key.endswith(("seconds", "per_second"))
+
+
+def numbers(result) -> dict[str, float]:
+    """A trial's results as flat numbers: final metrics, and every evaluated epoch's row;
+    timings left out, NaN as None (so that equal runs compare equal)."""
+    out = dict(result.metrics)
+    for row in result.history:
+        out.update({f"epoch {row['epoch']} {k}": v for k, v in row.items()})
+    return {k: None if v != v else v for k, v in out.items() if not is_timing(k)}
+
+
+def largest_difference(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[float, str]:
+    """max |a - b| over every cell and number, and where (``"cell i: key"``)."""
+    best, where = 0.0, "-"
+    for i, (x, y) in enumerate(zip(a, b)):
+        if set(x) != set(y):
+            return float("inf"), f"cell {i}: different keys"
+        for k, v in x.items():
+            d = 0.0 if v == y[k] else float("inf") if v is None or y[k] is None else abs(v - y[k])
+            if d > best:
+                best, where = d, f"cell {i}: {k}"
+    return best, where
+
+
+def invariance(cfgs: list, ds, sizes: tuple[int, ...] = (25, 5), thread_counts: tuple[int, int] = (1, 2)) -> list[tuple[str, str, float, str]]:
+    """``(run a, run b, max |difference|, where)`` for: sequential at the two thread counts,
+    packed at each size against the next, and packed against sequential (at the second
+    count). Sets ``torch.set_num_threads`` explicitly and restores it."""
+    import torch
+
+    from bench.packing import run_packed
+    from bench.train import run_trial
+
+    before, runs = torch.get_num_threads(), {}
+    try:
+        for t in thread_counts:
+            torch.set_num_threads(t)
+            runs[f"sequential, {t} thread{'s' if t > 1 else ''}"] = [numbers(run_trial(c, ds)) for c in cfgs]
+        t = thread_counts[-1]
+        torch.set_num_threads(t)
+        for size in sizes:
+            chunks = [cfgs[i : i + size] for i in range(0, len(cfgs), size)]
+            out = [r for chunk in chunks for r in run_packed(chunk, ds, [[] for _ in chunk], [None] * len(chunk))]
+            failed = [r for r in out if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            runs[f"packed, size {size}, {t} threads"] = [numbers(r) for r in out]
+    finally:
+        torch.set_num_threads(before)
+    names = list(runs)
+    seq, packs = names[: len(thread_counts)], names[len(thread_counts):]
+    pairs = [(seq[0], seq[1]), *zip(packs, packs[1:]), (seq[-1], packs[0])]
+    return [(a, b, *largest_difference(runs[a], runs[b])) for a, b in pairs]
+
+
+def print_invariance(rows: list[tuple[str, str, float, str]]) -> None:
+    print(f"{'run a':<28} {'run b':<28} {'max |diff|':>10}  where")
+    for a, b, d, where in rows:
+        print(f"{a:<28} {b:<28} {d:10.3g}  {where if d else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.perf pack", description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default="studies/demo.yaml", help="a grid study file (default: the demo grid)")
     ap.add_argument("--config", default=None, help="settings file (default: bench.yaml / $BENCH_CONFIG)")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the study's)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds, each sequential then packed (default 1)")
+    ap.add_argument("--invariance", action="store_true",
+                    help="compare numbers (sequential at 1 and 2 threads, packed at --sizes) instead of timing")
+    ap.add_argument("--sizes", default="25,5", help="pack sizes for --invariance (default 25,5)")
     args = ap.parse_args(argv)
 
     import torch
@@ -80,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}; {len(cfgs)} cells of {args.study}, {cfgs[0].train.epochs} epochs")
+    if args.invariance:
+        print_invariance(invariance(cfgs, ds, tuple(int(s) for s in args.sizes.split(","))))
+        return 0
     run_trial(cfgs[0], ds)  # warm-up: first-call costs (allocator, thread pools) out of both timings
     seq_s, pack_s, seq, packed = [], [], [], []
     seq_search, pack_search = [0.0], [0.0]

@@ -349,18 +349,18 @@ def mode_cache(a: argparse.Namespace) -> None:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, cache_dir in (("without cache", None), ("with cache", tmp)):
-            fc._MEMO.clear()
+            memo = fc.FeatureCache()
             feat, total = [], time.perf_counter()
             for cell in cells:
                 if cache_dir is None:
-                    fc._MEMO.clear()  # no process memo and no files: every trial encodes
+                    memo = fc.FeatureCache()  # no memo and no files: every trial encodes
                 cfg = resolve_trial({}, dotted={
                     "model.backbone": a.arch, "model.freeze_backbone": True, "model.feature_cache": cache_dir,
                     "model.head": "linear", "model.embedding_dim": 64, "data.image_size": a.size,
                     "data.val_fraction": 0.0, "train.epochs": 1, "train.batch_size": min(32, len(ds.train)),
                     "train.num_workers": 0, "train.device": device.type, "eval.ks": [1], **cell})
                 info: dict[str, Any] = {}
-                run_trial(cfg, dataset=ds, on_setup=info.update)
+                run_trial(cfg, dataset=ds, on_setup=info.update, feature_cache=memo)
                 feat.append(info["feature_seconds"])
             out[label] = (sum(feat), time.perf_counter() - total, feat)
             print(f"{label}: feature time {sum(feat):.2f}s over {len(cells)} trials "
