@@ -5,8 +5,8 @@ there, for the whole batch at once (:class:`DeviceTransform`):
 
 * train: random resized crop (torchvision's algorithm and ranges: area ``scale``
   (0.08, 1), aspect ``ratio`` (3/4, 4/3), ten tries then the central fallback), horizontal
-  flip, resize to the crop size, normalise (ImageNet mean/std), channels_last, the
-  model's input dtype;
+  flip, resize to the crop size, normalise (the weights' preprocessing: channel order,
+  value range, mean, std; ImageNet RGB by default), channels_last, the model's input dtype;
 * eval: resize the shorter side to ``round(size * 256 / 224)`` and centre-crop ``size``,
   expressed as one box per image, then the same resize/normalise pass.
 
@@ -152,6 +152,8 @@ class DeviceTransform:
         std: Sequence[float] = IMAGENET_STD,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        channels: str = "RGB",
+        value_range: float = 1.0,
     ):
         if scale[0] > scale[1]:
             raise ValueError(f"data.crop_scale=[{scale[0]}, {scale[1]}]: low must not exceed high")
@@ -159,6 +161,9 @@ class DeviceTransform:
         self.resize_to = resize_to or eval_resize_for(size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.dtype, self.channels_last = dtype, channels_last
+        if channels not in ("RGB", "BGR"):
+            raise ValueError(f"channel order {channels!r}; allowed: RGB, BGR")
+        self.bgr, self.value_range = channels == "BGR", float(value_range)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def boxes(self, sizes: torch.Tensor, train: bool, generator: torch.Generator | None = None,
@@ -177,15 +182,17 @@ class DeviceTransform:
         """The batch resampled to its boxes, normalised, in the model's dtype and memory format."""
         if pixels.dtype == torch.uint8:
             x = pixels.permute(0, 3, 1, 2).float()  # NHWC bytes -> NCHW float (a view, then one pass)
-            scale = 1 / 255
+            scale = self.value_range / 255
         else:
-            x, scale = pixels.float(), 1.0
+            x, scale = pixels.float(), self.value_range
         if x.shape[1] == 4:
             x = x[:, :3]
         out = resample_boxes(x, sizes, boxes, self.size, flips, clamp_to_box=train)
         mean, std = self._normalisers(out.device)
         if out.shape[1] == 1:
             out = out.expand(-1, len(self.mean), -1, -1)
+        elif self.bgr:
+            out = out.flip(1)  # RGB -> BGR (the weights' channel order; mean/std are in that order)
         out = torch.addcmul(-mean / std, out, scale / std)  # (x * scale - mean) / std in one pass
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return out.to(dtype=self.dtype, memory_format=fmt)
