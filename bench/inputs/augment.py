@@ -26,8 +26,8 @@ copied to the device (:meth:`DeviceTransform.boxes`), from a ``torch.Generator``
 seeds (per trial and epoch), in the order batches are consumed, so a trial's augmentation does not depend on the device, the number of loader
 workers or their scheduling. :func:`random_resized_crop_boxes` draws the ten tries of every
 sample at once; the tries are independent, so the distribution of the boxes is that of
-the one-image-at-a-time algorithm (:class:`bench.data.images.RandomResizedCrop`, which a test
-compares it with).
+the one-image-at-a-time algorithm (torchvision's ``RandomResizedCrop.get_params``, which a
+test compares it with).
 """
 
 from __future__ import annotations
@@ -84,15 +84,16 @@ def centre_crop_boxes(sizes: torch.Tensor, size: int, resize_to: int | None = No
     """Boxes ``(B, 4)`` float64 of "resize the shorter side to ``resize_to``, centre-crop
     ``size``" (the eval transform) in each image's own pixels; ``sizes`` ``(B, 2)`` (h, w).
 
-    The resized long side is truncated as torchvision does, so boxes match its pipeline.
+    The resized long side is truncated and the crop's offset rounded (half to even) as
+    torchvision does, so boxes match its pipeline pixel for pixel.
     """
     r = resize_to or eval_resize_for(size)
     h, w = sizes[:, 0].to(torch.float64), sizes[:, 1].to(torch.float64)
     portrait = h > w
     rh = torch.where(portrait, torch.floor(r * h / w).clamp_min(1), torch.full_like(h, r))
     rw = torch.where(portrait, torch.full_like(w, r), torch.floor(r * w / h).clamp_min(1))
-    top = torch.div(rh - size, 2, rounding_mode="floor") * (h / rh)
-    left = torch.div(rw - size, 2, rounding_mode="floor") * (w / rw)
+    top = torch.round((rh - size) / 2) * (h / rh)  # round half to even, as torchvision's CenterCrop
+    left = torch.round((rw - size) / 2) * (w / rw)
     return torch.stack([top, left, size * h / rh, size * w / rw], 1)
 
 
