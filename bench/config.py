@@ -117,9 +117,13 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _weights_fit_backbone(self) -> "ModelConfig":
         from bench.models.registry import is_timm
-        from bench.models.weights import check_weights
+        from bench.models.weights import check_weights, is_url, looks_like_path
 
-        if self.backbone != "none" and not is_timm(self.backbone):
+        if is_timm(self.backbone):
+            if self.weights and not (is_url(self.weights) or looks_like_path(self.weights)):
+                raise ValueError(f"model.weights={self.weights!r}: a timm backbone takes model.pretrained=true (timm's "
+                                 "weights; a tag picks which, e.g. timm:vit_small_patch16_224.dino), a PATH or a URL")
+        elif self.backbone != "none":
             check_weights(self.backbone, self.weights)
         return self
 

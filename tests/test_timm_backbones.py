@@ -59,6 +59,8 @@ def test_unknown_timm_model_and_empty_name_are_clear_errors(tmp_path):
         create_backbone("timm:no_such_net")
     with pytest.raises(ConfigError, match="names no timm model"):
         resolve_trial({}, dotted={"model.backbone": "timm:"})
+    with pytest.raises(ConfigError, match="a timm backbone takes model.pretrained=true"):
+        resolve_trial({}, dotted={"model.backbone": "timm:test_vit", "model.weights": "imagenet"})
     with pytest.raises(WeightsError, match="no such file"):
         create_backbone("timm:test_vit", weights=str(tmp_path / "missing.pth"))
 

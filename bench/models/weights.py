@@ -183,7 +183,7 @@ def requested(backbone: str, weights: str | None, pretrained: bool) -> str | Non
 
 def check_weights(backbone: str, weights: str | None) -> None:
     """Config-time check (torch-free): a bare name must be one this backbone has."""
-    if not weights or is_url(weights) or _looks_like_path(weights):
+    if not weights or is_url(weights) or looks_like_path(weights):
         return
     have = weights_names(backbone)
     if weights not in have:
@@ -195,7 +195,7 @@ def is_url(s: str) -> bool:
     return s.startswith(URL_SCHEMES)
 
 
-def _looks_like_path(s: str) -> bool:
+def looks_like_path(s: str) -> bool:
     return os.sep in s or "." in s or s.startswith("~")
 
 
@@ -217,7 +217,7 @@ def resolve(backbone: str, weights: str | None, pretrained: bool = False, progre
         entry = WeightsEntry(want, m.group(1) if m else "", fname, base, "torchvision", "model.weights URL")
         path = fetch(entry, progress)
         return ResolvedWeights("url", want, path, file_sha256(path), base)
-    if not _looks_like_path(want) or (backbone, want) in WEIGHTS:
+    if not looks_like_path(want) or (backbone, want) in WEIGHTS:
         check_weights(backbone, want)
         entry = WEIGHTS[(backbone, want)]
         path = fetch(entry, progress)
