@@ -172,3 +172,18 @@ def test_the_table_is_torchvisions_and_the_published_addresses():
         assert row.url == enum.url and row.url.endswith(f"-{row.sha256}.pth") and row.file == enum.url.rsplit("/", 1)[1]
     assert WEIGHTS[("bn_inception", "imagenet")].url.endswith("bn_inception-52deb4733.pth")
     assert all(row.source for row in WEIGHTS.values())
+
+
+def test_a_local_file_in_the_published_layout_loads_by_path(tmp_path):
+    """``model.weights: PATH`` reads the backbone's published layout too (BN-Inception's
+    ``(1, C)`` BatchNorm tensors, classifier included), and records the file."""
+    torch.manual_seed(7)
+    src = create_backbone("bn_inception").eval()
+    path = tmp_path / "bn_inception-52deb4733.pth"
+    published_file("bn_inception", "imagenet", src, path)
+    dst = create_backbone("bn_inception", weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    assert dst.weights_info["weights"] == "file" and dst.weights_info["weights_sha256"] == file_sha256(path)
+    assert dst.weights_info["dropped"] == ["last_linear.weight", "last_linear.bias"]

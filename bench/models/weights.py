@@ -156,14 +156,18 @@ def weights_names(backbone: str) -> list[str]:
     return [n for (b, n) in WEIGHTS if b == backbone]
 
 
-def default_preprocess(backbone: str) -> Preprocess:
-    """The preprocessing of a backbone's default weights (ImageNet RGB when it has none)."""
+def default_entry(backbone: str) -> WeightsEntry | None:
+    """The row of a backbone's default (first) named weights, if it has any."""
     from bench.models.registry import BACKBONES
 
     spec = BACKBONES.get(backbone) if backbone in BACKBONES else None
-    if spec is not None and spec.weights:
-        return WEIGHTS[(backbone, spec.weights[0])].preprocess
-    return IMAGENET_RGB
+    return WEIGHTS[(backbone, spec.weights[0])] if spec is not None and spec.weights else None
+
+
+def default_preprocess(backbone: str) -> Preprocess:
+    """The preprocessing of a backbone's default weights (ImageNet RGB when it has none)."""
+    entry = default_entry(backbone)
+    return entry.preprocess if entry is not None else IMAGENET_RGB
 
 
 def requested(backbone: str, weights: str | None, pretrained: bool) -> str | None:
@@ -208,15 +212,17 @@ def checkpoints_dir() -> Path:
 def resolve(backbone: str, weights: str | None, pretrained: bool = False, progress: bool = True) -> ResolvedWeights:
     """The weights ``model.weights`` / ``model.pretrained`` name, fetched and checked."""
     want = requested(backbone, weights, pretrained)
-    base = default_preprocess(backbone)
+    default = default_entry(backbone)
+    base = default.preprocess if default is not None else IMAGENET_RGB
+    layout = default.layout if default is not None else "torchvision"  # a URL or PATH: the backbone's published layout
     if want is None:
-        return ResolvedWeights("random", None, None, None, base)
+        return ResolvedWeights("random", None, None, None, base, layout)
     if is_url(want):
-        fname = want.rstrip("/").rsplit("/", 1)[-1]
+        fname = want.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
         m = HASH_IN_NAME.search(fname)
-        entry = WeightsEntry(want, m.group(1) if m else "", fname, base, "torchvision", "model.weights URL")
+        entry = WeightsEntry(want, m.group(1) if m else "", fname, base, layout, "model.weights URL")
         path = fetch(entry, progress)
-        return ResolvedWeights("url", want, path, file_sha256(path), base)
+        return ResolvedWeights("url", want, path, file_sha256(path), base, layout)
     if not looks_like_path(want) or (backbone, want) in WEIGHTS:
         check_weights(backbone, want)
         entry = WEIGHTS[(backbone, want)]
@@ -225,7 +231,7 @@ def resolve(backbone: str, weights: str | None, pretrained: bool = False, progre
     path = Path(want).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={want!r}: no such file")
-    return ResolvedWeights("file", None, path, file_sha256(path), base)
+    return ResolvedWeights("file", None, path, file_sha256(path), base, layout)
 
 
 def fetch(entry: WeightsEntry, progress: bool = True) -> Path:
