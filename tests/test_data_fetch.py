@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from bench.data import fetch
-from bench.data import fixtures as fx
 
 
 class RangeServer:
@@ -53,10 +52,28 @@ class RangeServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+def write_cub_tree(base: Path, n_classes: int = 4, per_class: int = 3) -> None:
+    """CUB-200-2011's files (``images.txt``, ``image_class_labels.txt``, ``classes.txt``,
+    ``images/<class>/*.jpg``), small: 8x8 JPEGs."""
+    from PIL import Image
+
+    rows, labels = [], []
+    for c in range(1, n_classes + 1):
+        folder = base / "images" / f"{c:03d}.Bird_{c}"
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            Image.new("RGB", (8, 8), (c * 40, k * 60, 90)).save(folder / f"Bird_{c}_{k}.jpg")
+            rows.append(f"{c:03d}.Bird_{c}/Bird_{c}_{k}.jpg")
+            labels.append(c)
+    (base / "classes.txt").write_text("".join(f"{c} {c:03d}.Bird_{c}\n" for c in range(1, n_classes + 1)))
+    (base / "images.txt").write_text("".join(f"{i} {r}\n" for i, r in enumerate(rows, 1)))
+    (base / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(labels, 1)))
+
+
 @pytest.fixture
 def archive(tmp_path) -> bytes:
     stage = tmp_path / "stage"
-    fx.write_cub(stage, n_classes=4, per_class=3, top_folder=True)
+    write_cub_tree(stage / "CUB_200_2011")
     (stage / "attributes.txt").write_text("1 has_bill_shape::curved\n")  # the real archive has it beside the folder
     tgz = tmp_path / "CUB_200_2011.tgz"
     with tarfile.open(tgz, "w:gz") as t:

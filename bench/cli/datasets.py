@@ -78,27 +78,40 @@ def run(args: argparse.Namespace) -> int:
                   "bench datasets list --json shows each layout, bench datasets check NAME reads one",
                   file=sys.stderr)
         return 0
-    if not args.name:
-        raise UsageError(f"datasets {args.action} needs a NAME; one of: {', '.join(sorted(DATASETS))}")
-    root = args.root or str(Path(s.data_root).expanduser() / args.name)
     if args.action == "fetch":
-        from bench.data.fetch import ARCHIVES, FetchError, fetch_dataset, how_to_get
+        return fetch(args, s.data_root)
+    if not args.name:
+        raise UsageError(f"datasets check needs a NAME; one of: {', '.join(sorted(DATASETS))}")
+    from bench.data.check import check_dataset
 
-        if args.name not in ARCHIVES:
-            print(how_to_get(args.name), file=sys.stderr)
-            return 2
-        try:
-            result = fetch_dataset(args.name, Path(root))
-        except FetchError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    else:
-        from bench.data.check import check_dataset
+    root = args.root or str(Path(s.data_root).expanduser() / args.name)
+    return print_check(check_dataset(args.name, root))
 
-        result = check_dataset(args.name, root)
+
+def print_check(result: dict[str, Any]) -> int:
+    """``check``'s JSON on stdout; bad images: a summary line on stderr and exit 1."""
     print(json.dumps(result, indent=2, default=str))
     if not result.get("ok", True):
         print(f"error: {result.get('n_corrupt', 0)} corrupt and {result.get('n_missing', 0)} missing images "
               "(listed above); training skips them with a warning", file=sys.stderr)
         return 1
     return 0
+
+
+def fetch(args: argparse.Namespace, data_root: str) -> int:
+    """``datasets fetch NAME``: download, check, unpack, check (cub); else where to get it."""
+    from bench.cli.common import UsageError
+    from bench.data.fetch import ARCHIVES, BY_HAND, FetchError, fetch_dataset, how_to_get
+
+    if args.name not in ARCHIVES and args.name not in BY_HAND:
+        raise UsageError(f"datasets fetch needs a NAME; one of: {', '.join(sorted({*ARCHIVES, *BY_HAND}))}")
+    if args.name not in ARCHIVES:
+        print(how_to_get(args.name), file=sys.stderr)
+        return 2
+    root = args.root or str(Path(data_root).expanduser() / args.name)
+    try:
+        result = fetch_dataset(args.name, Path(root))
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return print_check(result)

@@ -149,10 +149,8 @@ def how_to_get(name: str) -> str:
     """Where a dataset without an official download is published, and the layout to create."""
     import importlib
 
-    from bench.data import DATASETS
-
     where = BY_HAND.get(name)
     if where is None:
         return f"no download for dataset {name!r}: only {', '.join(sorted(ARCHIVES))} can be fetched"
-    layout = getattr(importlib.import_module(str(DATASETS[name]).split(":")[0]), "LAYOUT", "")
+    layout = getattr(importlib.import_module(f"bench.data.{name}"), "LAYOUT", "")
     return f"{name} has no stable official download; get it from {where}, then lay it out as:\n{layout}"
