@@ -11,7 +11,10 @@ file, both handled by :func:`published_to_module`: its BatchNorm tensors are sto
 ``num_batches_tracked`` buffers (older than PyTorch 0.4). Its classifier (``last_linear``,
 1000 x 1024) is dropped; the suite pools the ``(B, 1024, 7, 7)`` map at 224 px itself.
 
-Every convolution has a bias and is followed by BatchNorm (eps 1e-5) and ReLU. An
+Every convolution has a bias and is followed by BatchNorm (eps 1e-5, PyTorch's default
+momentum 0.1 as in ``pretrainedmodels``; the official Proxy-Anchor code passes
+``momentum=0.9``, which only matters where BatchNorm is not frozen: its SOP / In-Shop
+recipe) and ReLU. An
 inception block concatenates up to four branches: ``1x1``; ``3x3_reduce -> 3x3``;
 ``double_3x3_reduce -> double_3x3_1 -> double_3x3_2``; pool (3x3 average, stride 1, or
 max) then ``pool_proj`` (1x1). The reduction blocks 3c and 4e have no 1x1 branch, stride 2
