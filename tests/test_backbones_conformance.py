@@ -123,6 +123,18 @@ def test_bn_inception_sees_bgr_pixels_in_0_255_minus_the_caffe_mean(tmp_path):
     assert "BGR 0-255 mean=104,117,128" in CAFFE_BGR.describe()
 
 
+def test_an_unreadable_image_is_blank_after_each_weights_normalisation():
+    """The blank that stands in for an unreadable eval image is each preprocessing's zero."""
+    from bench.inputs.augment import DeviceTransform
+    from bench.inputs.images import blank_for
+
+    for pre in (CAFFE_BGR, IMAGENET_RGB):
+        px = torch.from_numpy(np.broadcast_to(blank_for(pre), (1, 8, 8, 3)).copy())
+        tf = DeviceTransform(8, mean=pre.mean, std=pre.std, channels=pre.channels, value_range=pre.value_range)
+        out = tf(px, torch.tensor([[8, 8]]), train=False)
+        assert out.abs().max() < 0.6 * (pre.value_range / 255) / min(pre.std)  # within half a grey level of zero
+
+
 def test_frozen_feature_key_changes_with_weights_and_preprocessing():
     from bench.config import resolve_trial
     from bench.inputs.frozen import _digest, backbone_key

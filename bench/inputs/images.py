@@ -48,8 +48,16 @@ from bench.inputs.base import Batch, Inputs
 from bench.models.weights import ResolvedWeights, resolve_model
 from bench.precision import Precision
 
-#: A blank image: the mean colour, i.e. zero after normalisation.
+#: A blank image: the mean colour, i.e. zero after normalisation (ImageNet RGB statistics).
 BLANK = np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8).reshape(1, 1, 3)
+
+
+def blank_for(pre: Any) -> np.ndarray:
+    """The RGB uint8 pixel that ``pre`` (a :class:`bench.models.weights.Preprocess`) maps to
+    zero: its mean, rescaled to 0-255 and put back in RGB order (BGR means are reversed)."""
+    mean = np.array(pre.mean, dtype=np.float64) * 255 / pre.value_range
+    rgb = mean[::-1] if pre.channels == "BGR" else mean
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(1, 1, 3)
 
 
 # ---------------------------------------------------------------------------- settings
@@ -152,8 +160,10 @@ class PixelDataset(Dataset):
     """``(pixels, label, row)`` per row; an unreadable image gives ``None`` (train: dropped)
     or a blank image (eval), with one warning per file and process."""
 
-    def __init__(self, pixels, labels: np.ndarray, paths: list[str] | None, blank_on_error: bool):
+    def __init__(self, pixels, labels: np.ndarray, paths: list[str] | None, blank_on_error: bool,
+                 blank: np.ndarray = BLANK):
         self.pixels, self.labels, self.paths, self.blank_on_error = pixels, labels, paths, blank_on_error
+        self.blank = blank
         self._warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -169,7 +179,7 @@ class PixelDataset(Dataset):
         if img is None:
             if not self.blank_on_error:
                 return None
-            img = BLANK
+            img = self.blank
         return img, int(self.labels[i]), i
 
 
@@ -318,7 +328,7 @@ class ImageInputs(Inputs):
 
     def _loader(self, split: Split, train: bool, **kw: Any) -> DataLoader:
         data = PixelDataset(self.pixels(split), split.y, None if isinstance(split.x, np.ndarray) else list(split.x),
-                            blank_on_error=not train)
+                            blank_on_error=not train, blank=blank_for(self.weights.preprocess))
         extra = {"persistent_workers": train} if self.workers > 0 else {}
         return DataLoader(data, collate_fn=collate_pixels, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", **extra, **kw)
