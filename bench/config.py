@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.data import DATASETS
 from bench.losses import LOSSES
-
-#: Backbones :mod:`bench.models.backbones` registers (a test keeps the two in step).
-BUILTIN_BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50", "resnet101")
-
 
 class ConfigError(ValueError):
     """A config that cannot run; the message lists every bad field and the fix."""
@@ -85,7 +81,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: str = Field("none", description="'none' = head over features")
+    backbone: str = Field("none", description="'none' = head over features; a registered backbone (bench.models.registry) or timm:<name>")
     embedding_dim: int = Field(128, ge=1)
     head: Literal["mlp", "linear"] = "mlp"
     head_init: Literal["auto", "pytorch", "official"] = Field(
@@ -96,13 +92,11 @@ class ModelConfig(_Strict):
     )
     hidden_dim: int = Field(512, ge=1, description="width of the MLP head's hidden layer")
     pool: Literal["gap_gmp", "gap", "gmp"] = Field("gap_gmp", description="pooling of the backbone's feature map (GAP+GMP summed, as the official code)")
-    backbone_impl: Literal["auto", "torchvision", "builtin"] = Field(
-        "auto", description="ResNets: torchvision's module when it imports (auto), or the built-in definition with the same keys"
+    weights: str | None = Field(
+        None, description="backbone weights: a name the backbone has (imagenet | dino | in21k: the published file, fetched "
+        "once into torch's hub cache and checked), a URL, or a PATH; loaded weights-only. Preprocessing comes with them"
     )
-    weights: str | None = Field(None, description="local backbone checkpoint (a state_dict; loaded with weights_only=True)")
-    pretrained: bool = Field(
-        False, description="require pretrained weights: model.weights, else a torchvision file in the local torch hub cache; never downloads"
-    )
+    pretrained: bool = Field(False, description="the backbone's default published weights (when model.weights is not set)")
     freeze_backbone: bool = Field(
         False, description="frozen backbone: features computed once (cached) and only the head trains (Smooth Proxy-Anchor's setting)"
     )
@@ -113,13 +107,25 @@ class ModelConfig(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
-        if v == "none" or v in BUILTIN_BACKBONES:
-            return v  # known without importing torch
-        from bench.models.backbones import BACKBONES  # a backbone registered at run time
+        from bench.models.registry import check_backbone  # torch-free
 
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone {v!r}; allowed: none, {', '.join(sorted(BACKBONES))}")
-        return v
+        try:
+            return check_backbone(v)
+        except KeyError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _weights_fit_backbone(self) -> "ModelConfig":
+        from bench.models.registry import is_timm
+        from bench.models.weights import check_weights, is_url, looks_like_path
+
+        if is_timm(self.backbone):
+            if self.weights and not (is_url(self.weights) or looks_like_path(self.weights)):
+                raise ValueError(f"model.weights={self.weights!r}: a timm backbone takes model.pretrained=true (timm's "
+                                 "weights; a tag picks which, e.g. timm:vit_small_patch16_224.dino), a PATH or a URL")
+        elif self.backbone != "none":
+            check_weights(self.backbone, self.weights)
+        return self
 
 
 class TrainConfig(_Strict):

@@ -60,13 +60,13 @@ def dev(tmp_path, *args, gpu: bool, **env):
 
 def test_no_gpu_takes_the_cpu_index(tmp_path, index):
     out, _ = dev(tmp_path, "torch-plan", gpu=False, TORCH_CPU_INDEX=index.url)
-    assert out == f"cpu: pip install torch==2.13.0 --index-url {index.url}"
+    assert out == f"cpu: pip install torch==2.14.1 torchvision==0.29.1 --index-url {index.url}"
     assert index.requests  # it asked the index
 
 
 def test_a_gpu_takes_the_default_build_without_probing(tmp_path, index):
     out, _ = dev(tmp_path, "torch-plan", gpu=True, TORCH_CPU_INDEX=index.url)
-    assert out == "default: pip install torch==2.13.0"
+    assert out == "default: pip install torch==2.14.1 torchvision==0.29.1"
     assert index.requests == []
 
 
@@ -85,7 +85,7 @@ def closed_port() -> int:
 
 def test_unreachable_cpu_index_falls_back_and_says_so(tmp_path):
     out, err = dev(tmp_path, "torch-plan", gpu=False, TORCH_CPU_INDEX=f"http://127.0.0.1:{closed_port()}/whl/cpu")
-    assert out == "cpu: pip install torch==2.13.0"
+    assert out == "cpu: pip install torch==2.14.1 torchvision==0.29.1"
     assert "not reachable" in err and "configured package index" in err
 
 
@@ -95,7 +95,7 @@ def test_a_silent_cpu_index_times_out_quickly(tmp_path):
         s.listen()
         out, err = dev(tmp_path, "torch-plan", gpu=False, PROBE_TIMEOUT="1",
                        TORCH_CPU_INDEX=f"http://127.0.0.1:{s.getsockname()[1]}/whl/cpu")
-    assert out == "cpu: pip install torch==2.13.0" and "1 s timeout" in err
+    assert out == "cpu: pip install torch==2.14.1 torchvision==0.29.1" and "1 s timeout" in err
 
 
 def test_setup_installs_once(tmp_path, index):
@@ -109,11 +109,11 @@ def test_setup_installs_once(tmp_path, index):
     dev(tmp_path, "setup", gpu=False, **env)
     calls = log.read_text().splitlines()
     assert calls == ["-m pip install -q --upgrade pip",
-                     f"-m pip install -q torch==2.13.0 --index-url {index.url}",
+                     f"-m pip install -q torch==2.14.1 torchvision==0.29.1 --index-url {index.url}",
                      "-m pip install -q -e .[dev]"]
     asked = len(index.requests)
     dev(tmp_path, "setup", gpu=False, **env)
     assert log.read_text().splitlines() == calls and len(index.requests) == asked
     dev(tmp_path, "setup", gpu=True, **env)  # another machine kind: installs again
-    assert log.read_text().splitlines()[3:] == ["-m pip install -q --upgrade pip", "-m pip install -q torch==2.13.0",
+    assert log.read_text().splitlines()[3:] == ["-m pip install -q --upgrade pip", "-m pip install -q torch==2.14.1 torchvision==0.29.1",
                                                 "-m pip install -q -e .[dev]"]

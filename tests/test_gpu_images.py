@@ -159,3 +159,31 @@ def test_uint8_batches_reach_the_device(tmp_path):
     assert batch.x.dtype == torch.bfloat16 and batch.x.is_contiguous(memory_format=torch.channels_last)
     stage.close()
     assert np.isfinite(batch.x.float().cpu().numpy()).all()
+
+
+def test_bgr_0_255_device_transform_on_cuda_equals_the_cpu_one():
+    """BN-Inception's preprocessing (BGR, 0-255, Caffe mean) on the device as on the CPU."""
+    from bench.models.weights import CAFFE_BGR as P
+
+    pixels = torch.randint(0, 256, (4, 40, 52, 3), dtype=torch.uint8)
+    sizes = torch.tensor([[40, 52], [30, 52], [40, 20], [33, 33]])
+    tf = DeviceTransform(24, mean=P.mean, std=P.std, channels=P.channels, value_range=P.value_range)
+    for train in (True, False):
+        cpu = tf(pixels, sizes, train, torch.Generator().manual_seed(0))
+        gpu = tf(pixels.cuda(), sizes.cuda(), train, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-2, rtol=0)  # 0-255 scale: 1e-4 of 255
+
+
+@pytest.mark.parametrize("name", ["bn_inception", "resnet50", "vit_small_patch16"])
+def test_paper_backbones_forward_bf16_channels_last_on_cuda(name):
+    from bench.models import FeatureExtractor, create_backbone
+
+    torch.manual_seed(0)
+    ext = FeatureExtractor(create_backbone(name)).cuda().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = ext(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = ext(x).float()
+    assert got.shape == want.shape == (4, ext.backbone.out_features)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99

@@ -1,4 +1,4 @@
-"""The device-side image transform against the per-image one it replaces (bench.data.images)."""
+"""The device-side image transform against torchvision's per-image one (the official code's)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import ks_2samp
+from torchvision.transforms import RandomResizedCrop, v2
 
-from bench.data import images as ref
+from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_for
 from bench.inputs.augment import (
     DeviceTransform,
     centre_crop_boxes,
@@ -33,8 +34,8 @@ def test_crop_boxes_follow_the_per_image_distribution(h, w, scale):
     """Vectorised boxes and torchvision's one-at-a-time algorithm draw from one distribution
     (two-sample KS on area, aspect and centre; the same rate of central fallbacks)."""
     torch.manual_seed(0)
-    rrc = ref.RandomResizedCrop(16, scale=scale)
-    theirs = np.array([rrc.params(h, w) for _ in range(N)])
+    img = torch.empty(1, h, w)
+    theirs = np.array([RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]) for _ in range(N)])
     gen = torch.Generator().manual_seed(1)
     ours = random_resized_crop_boxes(torch.tensor([[h, w]] * N), scale, generator=gen).numpy()
     assert ((ours[:, 0] >= 0) & (ours[:, 1] >= 0) & (ours[:, 2] > 0) & (ours[:, 3] > 0)).all()
@@ -50,8 +51,8 @@ def test_crop_boxes_follow_the_per_image_distribution(h, w, scale):
 def test_crop_boxes_can_fail_the_distribution_check():
     """The check above has teeth: a uniform-in-side-length crop is told apart."""
     torch.manual_seed(0)
-    rrc = ref.RandomResizedCrop(16)
-    theirs = np.array([rrc.params(375, 500) for _ in range(N)])
+    img = torch.empty(1, 375, 500)
+    theirs = np.array([RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(N)])
     gen = torch.Generator().manual_seed(1)
     ours = random_resized_crop_boxes(torch.tensor([[375, 500]] * N), (0.2, 1.0), generator=gen).numpy()
     assert ks_2samp(_features(theirs, 375, 500)["area"], _features(ours, 375, 500)["area"]).pvalue < 1e-6
@@ -91,7 +92,9 @@ def test_eval_transform_matches_the_per_image_one(h, w, size):
     batch[0, :h, :w] = torch.from_numpy(img)
     sizes = torch.tensor([[h, w], [4, 4]])
     out = DeviceTransform(size)(batch, sizes, train=False)[0]
-    want = ref.eval_transform(size)(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
+    tv = v2.Compose([v2.Resize(eval_resize_for(size), antialias=True), v2.CenterCrop(size),
+                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    want = tv(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
     torch.testing.assert_close(out, want, atol=2e-4, rtol=0)
 
 
@@ -101,14 +104,15 @@ def test_eval_shrinking_is_bilinear_without_antialiasing():
     img = torch.rand(3, 60, 90)
     out = DeviceTransform(32)(img[None], torch.tensor([[60, 90]]), train=False)[0]
     resized = F.interpolate(img[None], size=(37, 55), mode="bilinear", align_corners=False)[0]
-    want = ref.Normalize()(ref.CenterCrop(32)(resized))
+    want = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(v2.CenterCrop(32)(resized))
     torch.testing.assert_close(out, want, atol=2e-4, rtol=0)
 
 
 def test_centre_boxes_keep_torchvisions_truncation():
     boxes = centre_crop_boxes(torch.tensor([[60, 90]]), 32)
-    # 60x90 -> 37x55 (55.5 truncated) -> crop (2, 11) .. in source pixels x60/37, x90/55
-    torch.testing.assert_close(boxes[0], torch.tensor([2 * 60 / 37, 11 * 90 / 55, 32 * 60 / 37, 32 * 90 / 55],
+    # 60x90 -> 37x55 (55.5 truncated) -> crop (2, 12): round(2.5) = 2, round(11.5) = 12, as torchvision's
+    # CenterCrop (round half to even) .. in source pixels x60/37, x90/55
+    torch.testing.assert_close(boxes[0], torch.tensor([2 * 60 / 37, 12 * 90 / 55, 32 * 60 / 37, 32 * 90 / 55],
                                                        dtype=torch.float64))
 
 
@@ -130,7 +134,7 @@ def test_train_transform_shapes_dtype_channels_and_seeding():
 def test_grey_float_arrays_become_three_normalised_channels():
     grey = torch.full((2, 1, 8, 8), 0.5)
     out = DeviceTransform(8, flip=False)(grey, torch.tensor([[8, 8]] * 2), train=False)
-    want = (0.5 - torch.tensor(ref.IMAGENET_MEAN)) / torch.tensor(ref.IMAGENET_STD)
+    want = (0.5 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert out.shape == (2, 3, 8, 8)
     torch.testing.assert_close(out.mean((0, 2, 3)), want, atol=1e-5, rtol=0)
 

@@ -1,4 +1,4 @@
-"""Backbones (registry, hand-written ResNet with torchvision's keys), weights, pooling, head."""
+"""Backbones (registry, torchvision ResNets), local weights files, pooling, head."""
 
 from __future__ import annotations
 
@@ -6,29 +6,46 @@ import pytest
 import torch
 
 from bench.models import EmbeddingNet, create_backbone, freeze_batchnorm, list_backbones
-from bench.models.backbones import BACKBONES, clean_state_dict, register_backbone
+from bench.models.backbones import clean_state_dict
 from bench.models.heads import EmbeddingHead, GlobalPool
+from bench.models.registry import BACKBONES, BackboneSpec
+from bench.models.weights import WeightsError
 
 # torchvision's parameter counts (torchvision.models.resnetXX().parameters()) minus fc.
 TV_PARAMS_NO_FC = {"resnet18": 11_689_512 - (512 * 1000 + 1000), "resnet50": 25_557_032 - (2048 * 1000 + 1000)}
 
 
+def tiny_net(name):
+    return torch.nn.Conv2d(3, 4, 1)
+
+
 def test_registry_lists_and_rejects():
-    assert {"small_cnn", "resnet18", "resnet50"} <= set(list_backbones())
-    with pytest.raises(ValueError, match="unknown model.backbone 'vgg'.*resnet18"):
+    assert {"small_cnn", "resnet18", "resnet50", "bn_inception", "vit_small_patch16"} <= set(list_backbones())
+    with pytest.raises(KeyError, match="unknown model.backbone 'vgg'.*resnet18.*timm:<name>"):
         create_backbone("vgg")
 
 
 def test_register_backbone_plugs_in():
-    @register_backbone("tiny_test_net", out_features=4)
-    def _tiny(impl: str = "auto"):
-        return torch.nn.Conv2d(3, 4, 1)
-
+    BACKBONES.register("tiny_test_net", BackboneSpec("tests.test_models:tiny_net", 4))
     try:
         m = create_backbone("tiny_test_net")
         assert m.out_features == 4 and m(torch.zeros(1, 3, 5, 5)).shape == (1, 4, 5, 5)
     finally:
-        BACKBONES.pop("tiny_test_net")
+        BACKBONES.unregister("tiny_test_net")
+
+
+def test_backbone_names_are_checked_in_one_place_without_torch():
+    """Config validation asks the registry; neither torch nor a builder is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bench.config import resolve_trial, ConfigError\n"
+            "resolve_trial({}, dotted={'model.backbone': 'bn_inception', 'model.weights': 'imagenet'})\n"
+            "resolve_trial({}, dotted={'model.backbone': 'timm:resnet18'})\n"
+            "try:\n  resolve_trial({}, dotted={'model.backbone': 'resnet50', 'model.weights': 'dino'}); raise SystemExit(3)\n"
+            "except ConfigError as e: assert 'has imagenet' in str(e), e\n"
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_small_cnn_digits_and_rgb():
@@ -38,9 +55,9 @@ def test_small_cnn_digits_and_rgb():
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_builtin_resnet_matches_torchvision_names_and_shapes(arch):
-    m = create_backbone(arch, impl="builtin")
-    assert m.impl == "builtin"
+def test_resnet_is_torchvisions_without_its_classifier(arch):
+    m = create_backbone(arch)
+    assert m.impl == "torchvision"
     sd = m.state_dict()
     assert sum(p.numel() for p in m.parameters()) == TV_PARAMS_NO_FC[arch]
     assert not any(k.startswith(("fc.", "avgpool")) for k in sd)
@@ -71,32 +88,33 @@ def _ckpt(tmp_path, sd, name="ck.pth"):
 
 def test_weights_round_trip_with_prefixes_and_classifier(tmp_path):
     torch.manual_seed(1)
-    src = create_backbone("resnet18", impl="builtin").eval()
+    src = create_backbone("resnet18").eval()
     # A DataParallel-style checkpoint nested under "state_dict", with a classifier.
     sd = {f"module.{k}": v for k, v in src.state_dict().items()}
     sd["module.fc.weight"], sd["module.fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     path = _ckpt(tmp_path, {"state_dict": sd, "epoch": 3})
     torch.manual_seed(2)
-    dst = create_backbone("resnet18", impl="builtin", weights=str(path)).eval()
+    dst = create_backbone("resnet18", weights=str(path)).eval()
     for k, v in src.state_dict().items():
         assert torch.equal(v, dst.state_dict()[k]), k
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(src(x), dst(x))
-    assert dst.weights_info["source"] == str(path) and len(dst.weights_info["sha256"]) == 64
+    assert dst.weights_info["source"] == str(path) and len(dst.weights_info["weights_sha256"]) == 64
+    assert dst.weights_info["weights"] == "file"
     assert dst.weights_info["dropped"] == ["fc.weight", "fc.bias"]
 
 
 def test_weights_report_missing_and_unexpected(tmp_path):
-    sd = create_backbone("resnet18", impl="builtin").state_dict()
+    sd = create_backbone("resnet18").state_dict()
     partial = {k: v for k, v in sd.items() if not k.startswith("layer4")}
-    with pytest.raises(ValueError, match=r"missing key\(s\): layer4"):
-        create_backbone("resnet18", impl="builtin", weights=str(_ckpt(tmp_path, partial)))
+    with pytest.raises(WeightsError, match=r"missing key\(s\): layer4"):
+        create_backbone("resnet18", weights=str(_ckpt(tmp_path, partial)))
     extra = dict(sd, **{"projector.weight": torch.zeros(3)})
     with pytest.warns(UserWarning, match="unexpected key.*projector.weight"):
-        create_backbone("resnet18", impl="builtin", weights=str(_ckpt(tmp_path, extra, "x.pth")))
+        create_backbone("resnet18", weights=str(_ckpt(tmp_path, extra, "x.pth")))
     wrong = dict(sd, **{"conv1.weight": torch.zeros(64, 1, 7, 7)})
-    with pytest.raises(ValueError, match="shape mismatch.*conv1.weight"):
-        create_backbone("resnet18", impl="builtin", weights=str(_ckpt(tmp_path, wrong, "w.pth")))
+    with pytest.raises(WeightsError, match="shape mismatch.*conv1.weight"):
+        create_backbone("resnet18", weights=str(_ckpt(tmp_path, wrong, "w.pth")))
 
 
 class Evil:
@@ -106,27 +124,26 @@ class Evil:
 def test_weights_only_refuses_pickled_code(tmp_path):
     p = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "obj": Evil()}, p)
-    with pytest.raises(ValueError, match="weights-only"):
-        create_backbone("resnet18", impl="builtin", weights=str(p))
+    with pytest.raises(WeightsError, match="weights-only"):
+        create_backbone("resnet18", weights=str(p))
 
 
-def test_pretrained_without_local_file_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError) as e:
-        create_backbone("resnet50", pretrained=True)
-    msg = str(e.value)
-    assert "model.weights" in msg and "no download is attempted" in msg and "resnet50-0676ba61.pth" in msg
-    with pytest.raises(FileNotFoundError, match="model.weights='nope.pth': no such file"):
+def test_missing_weights_file_is_a_clear_error():
+    with pytest.raises(WeightsError, match="model.weights='nope.pth': no such file"):
         create_backbone("resnet50", weights="nope.pth")
 
 
-def test_pretrained_finds_torch_hub_checkpoint(tmp_path, monkeypatch):
+def test_pretrained_finds_the_table_file_in_the_torch_hub_cache(tmp_path, monkeypatch):
+    """A file already in ``$TORCH_HOME/hub/checkpoints`` is used (after its check), not fetched:
+    here its check fails, and the message names the URL and where the file goes."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    sd = create_backbone("resnet18", impl="builtin").state_dict()
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(sd, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
-    m = create_backbone("resnet18", impl="builtin", pretrained=True)
-    assert m.weights_info["source"].endswith("resnet18-f37072fd.pth")
+    torch.save(create_backbone("resnet18").state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    with pytest.raises(WeightsError) as e:
+        create_backbone("resnet18", pretrained=True)
+    msg = str(e.value)
+    assert "fails its checksum" in msg and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg and "\n" not in msg
 
 
 def test_clean_state_dict_strips_stacked_prefixes():

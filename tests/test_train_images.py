@@ -102,7 +102,7 @@ def test_cub_fixture_resnet18_with_corrupt_image(tmp_path):
     f = fx.write_cub(tmp_path / "cub", n_classes=8, per_class=4, corrupt=[0])
     cfg = resolve_trial({}, dotted={
         "data.name": "cub", "data.root": str(f.root), "data.image_size": 32, "data.val_fraction": 0.25,
-        "model.backbone": "resnet18", "model.backbone_impl": "builtin", "model.head": "linear",
+        "model.backbone": "resnet18", "model.head": "linear",
         "model.embedding_dim": 16, "train.epochs": 1, "train.batch_size": 4, "train.freeze_bn": True,
         "train.num_workers": 0, "eval.ks": [1, 2], "data.image_store": str(tmp_path / "store"),
     })
@@ -157,28 +157,38 @@ def test_feature_cache_hit_and_equal_features(digits, tmp_path):
     assert fresh.stats["images_encoded"] == 0 and fresh.stats["disk_hits"] == 3 and info3["feature_cache_hits"] == 3
     assert r3.metrics == r1.metrics
 
-    # The cached features equal an independent computation: the extractor over the
-    # per-image reference eval transform (resize shorter side, centre crop, normalise).
-    from bench.data.images import eval_transform
+    # The cached features equal an independent computation: the extractor over
+    # torchvision's per-image eval transform (resize shorter side, centre crop, normalise).
+    from torchvision.transforms import v2
+
+    from bench.data.images import eval_resize_for
+    from bench.inputs.images import resolve_model_weights
 
     cfg = _frozen(tmp_path)
-    key = fc.backbone_key(cfg.model, cfg.data, digits)
-    ext = fc.build_extractor(cfg.model, None, key["impl"])
-    tf = eval_transform(key["size"])
+    weights = resolve_model_weights(cfg.model)
+    key = fc.backbone_key(cfg.model, cfg.data, digits, weights)
+    ext = fc.build_extractor(cfg.model, weights)
+    pre = weights.preprocess
+    tf = v2.Compose([v2.Resize(eval_resize_for(key["size"]), antialias=True), v2.CenterCrop(key["size"]),
+                     v2.Normalize(pre.mean, pre.std)])
     with torch.no_grad():
-        fresh = ext(torch.stack([tf(torch.from_numpy(x)) for x in digits.train.x]))
+        fresh = ext(torch.stack([tf(torch.from_numpy(x).expand(3, -1, -1)) for x in digits.train.x]))
     match = [c for c in (torch.load(p, weights_only=True)["features"] for p in files) if c.shape == fresh.shape]
     assert any(torch.allclose(c, fresh, atol=1e-4) for c in match)
 
 
 def test_feature_cache_key_tracks_images_and_transform(digits, tmp_path):
+    from bench.inputs.images import resolve_model_weights
+
+    def key(c):
+        return fc.backbone_key(c.model, c.data, digits, resolve_model_weights(c.model))
+
     cfg = _frozen(tmp_path)
-    k = fc.backbone_key(cfg.model, cfg.data, digits)
-    assert fc.backbone_key(_frozen(tmp_path, **{"data.image_size": 16}).model,
-                           _frozen(tmp_path, **{"data.image_size": 16}).data, digits)["size"] == 16
+    k = key(cfg)
+    assert key(_frozen(tmp_path, **{"data.image_size": 16}))["size"] == 16
     assert fc._digest({**k, "content": fc.split_content_hash(digits.train)}) != fc._digest(
         {**k, "content": fc.split_content_hash(digits.test)})
-    assert fc._digest(k) == fc._digest(fc.backbone_key(_frozen(tmp_path, **{"loss.alpha": 8.0}).model, cfg.data, digits))
+    assert fc._digest(k) == fc._digest(key(_frozen(tmp_path, **{"loss.alpha": 8.0})))
 
 
 def test_smooth_proxy_anchor_phase1_sees_cached_features(digits, tmp_path):
@@ -206,10 +216,10 @@ def test_frozen_mode_on_jpegs_with_weights_file(tmp_path):
     torch.manual_seed(3)
     from bench.models import create_backbone
 
-    torch.save(create_backbone("resnet18", impl="builtin").state_dict(), tmp_path / "r18.pth")
+    torch.save(create_backbone("resnet18").state_dict(), tmp_path / "r18.pth")
     cfg = resolve_trial({}, dotted={
         "data.name": "cub", "data.root": str(f.root), "data.image_size": 32, "data.val_fraction": 0.0, "eval.select_on": "test",
-        "model.backbone": "resnet18", "model.backbone_impl": "builtin", "model.weights": str(tmp_path / "r18.pth"),
+        "model.backbone": "resnet18", "model.weights": str(tmp_path / "r18.pth"),
         "model.freeze_backbone": True, "model.feature_cache": str(tmp_path / "cache"), "model.head": "linear",
         "model.embedding_dim": 8, "train.epochs": 1, "train.batch_size": 3, "train.num_workers": 0, "eval.ks": [1],
         "data.image_store": str(tmp_path / "store"),

@@ -5,8 +5,8 @@ there, for the whole batch at once (:class:`DeviceTransform`):
 
 * train: random resized crop (torchvision's algorithm and ranges: area ``scale``
   (0.08, 1), aspect ``ratio`` (3/4, 4/3), ten tries then the central fallback), horizontal
-  flip, resize to the crop size, normalise (ImageNet mean/std), channels_last, the
-  model's input dtype;
+  flip, resize to the crop size, normalise (the weights' preprocessing: channel order,
+  value range, mean, std; ImageNet RGB by default), channels_last, the model's input dtype;
 * eval: resize the shorter side to ``round(size * 256 / 224)`` and centre-crop ``size``,
   expressed as one box per image, then the same resize/normalise pass.
 
@@ -26,8 +26,8 @@ copied to the device (:meth:`DeviceTransform.boxes`), from a ``torch.Generator``
 seeds (per trial and epoch), in the order batches are consumed, so a trial's augmentation does not depend on the device, the number of loader
 workers or their scheduling. :func:`random_resized_crop_boxes` draws the ten tries of every
 sample at once; the tries are independent, so the distribution of the boxes is that of
-the one-image-at-a-time algorithm (:class:`bench.data.images.RandomResizedCrop`, which a test
-compares it with).
+the one-image-at-a-time algorithm (torchvision's ``RandomResizedCrop.get_params``, which a
+test compares it with).
 """
 
 from __future__ import annotations
@@ -84,15 +84,16 @@ def centre_crop_boxes(sizes: torch.Tensor, size: int, resize_to: int | None = No
     """Boxes ``(B, 4)`` float64 of "resize the shorter side to ``resize_to``, centre-crop
     ``size``" (the eval transform) in each image's own pixels; ``sizes`` ``(B, 2)`` (h, w).
 
-    The resized long side is truncated as torchvision does, so boxes match its pipeline.
+    The resized long side is truncated and the crop's offset rounded (half to even) as
+    torchvision does, so boxes match its pipeline pixel for pixel.
     """
     r = resize_to or eval_resize_for(size)
     h, w = sizes[:, 0].to(torch.float64), sizes[:, 1].to(torch.float64)
     portrait = h > w
     rh = torch.where(portrait, torch.floor(r * h / w).clamp_min(1), torch.full_like(h, r))
     rw = torch.where(portrait, torch.full_like(w, r), torch.floor(r * w / h).clamp_min(1))
-    top = torch.div(rh - size, 2, rounding_mode="floor") * (h / rh)
-    left = torch.div(rw - size, 2, rounding_mode="floor") * (w / rw)
+    top = torch.round((rh - size) / 2) * (h / rh)  # round half to even, as torchvision's CenterCrop
+    left = torch.round((rw - size) / 2) * (w / rw)
     return torch.stack([top, left, size * h / rh, size * w / rw], 1)
 
 
@@ -152,6 +153,8 @@ class DeviceTransform:
         std: Sequence[float] = IMAGENET_STD,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        channels: str = "RGB",
+        value_range: float = 1.0,
     ):
         if scale[0] > scale[1]:
             raise ValueError(f"data.crop_scale=[{scale[0]}, {scale[1]}]: low must not exceed high")
@@ -159,6 +162,9 @@ class DeviceTransform:
         self.resize_to = resize_to or eval_resize_for(size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.dtype, self.channels_last = dtype, channels_last
+        if channels not in ("RGB", "BGR"):
+            raise ValueError(f"channel order {channels!r}; allowed: RGB, BGR")
+        self.bgr, self.value_range = channels == "BGR", float(value_range)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def boxes(self, sizes: torch.Tensor, train: bool, generator: torch.Generator | None = None,
@@ -177,15 +183,17 @@ class DeviceTransform:
         """The batch resampled to its boxes, normalised, in the model's dtype and memory format."""
         if pixels.dtype == torch.uint8:
             x = pixels.permute(0, 3, 1, 2).float()  # NHWC bytes -> NCHW float (a view, then one pass)
-            scale = 1 / 255
+            scale = self.value_range / 255
         else:
-            x, scale = pixels.float(), 1.0
+            x, scale = pixels.float(), self.value_range
         if x.shape[1] == 4:
             x = x[:, :3]
         out = resample_boxes(x, sizes, boxes, self.size, flips, clamp_to_box=train)
         mean, std = self._normalisers(out.device)
         if out.shape[1] == 1:
             out = out.expand(-1, len(self.mean), -1, -1)
+        elif self.bgr:
+            out = out.flip(1)  # RGB -> BGR (the weights' channel order; mean/std are in that order)
         out = torch.addcmul(-mean / std, out, scale / std)  # (x * scale - mean) / std in one pass
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return out.to(dtype=self.dtype, memory_format=fmt)

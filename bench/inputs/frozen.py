@@ -8,9 +8,9 @@ trial then trains the head on those features exactly as on a features dataset (a
 ``begin_training`` hook sees them as ``TrainingData.inputs``).
 
 Features are cached per split under a key made of everything they depend on and nothing
-else: the backbone and its implementation, the weights file's SHA-256 (or "random init,
-seed 0"), the pooling, the image size and eval resize, the decode size, the
-normalisation, and the split's content (image paths with each file's size and mtime, or
+else: the backbone, the weights file's SHA-256 (or "random init, seed 0"), the
+weights' preprocessing (channel order, value range, mean, std), the pooling, the image
+size and eval resize, the decode size, and the split's content (image paths with each file's size and mtime, or
 the bytes of an in-memory array). Labels, label noise, the loss and every training knob
 are not in the key, so all trials of a grid over them share one extraction. Two levels:
 a :class:`FeatureCache` in memory (its ``memo``; a grid runs its trials in one process and
@@ -33,14 +33,16 @@ import torch
 
 from bench.config import DataConfig, ModelConfig, TrialConfig
 from bench.data.base import RetrievalDataset, Split
-from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_for
-from bench.inputs.images import ImageInputs, decode_short_side, image_size
+from bench.data.images import eval_resize_for
+from bench.inputs.images import ImageInputs, decode_short_side, image_size, resolve_model_weights
 from bench.inputs.store import hash_files
 from bench.models import FeatureExtractor
-from bench.models.backbones import BACKBONES, create_backbone, file_sha256, resolve_weights, torchvision_available
+from bench.models.backbones import create_backbone
+from bench.models.registry import check_backbone
+from bench.models.weights import ResolvedWeights
 from bench.precision import Precision
 
-VERSION = 2  # 2: eval crops on the device (one batched resample) instead of per image
+VERSION = 3  # 2: eval crops on the device (one batched resample); 3: preprocessing from the weights
 
 
 class FeatureCache:
@@ -75,28 +77,21 @@ def split_content_hash(split: Split) -> str:
     return h.hexdigest()
 
 
-def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, ds: RetrievalDataset) -> dict[str, Any]:
-    """Everything besides the images that the frozen features depend on."""
-    name = model_cfg.backbone
-    if name not in BACKBONES:
-        raise ValueError(f"unknown model.backbone {name!r}; allowed: none, {', '.join(sorted(BACKBONES))}")
-    impl = model_cfg.backbone_impl
-    if name.startswith("resnet") and impl == "auto":
-        impl = "torchvision" if (torchvision_available() and not os.environ.get("BENCH_NO_TORCHVISION")) else "builtin"
-    path = resolve_weights(name, model_cfg.weights, model_cfg.pretrained)
-    size = image_size(ds, data_cfg)
+def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, ds: RetrievalDataset, weights: ResolvedWeights) -> dict[str, Any]:
+    """Everything besides the images that the frozen features depend on (``weights``: the
+    resolved ``model.weights``, :func:`bench.inputs.images.resolve_model_weights`)."""
+    name = check_backbone(model_cfg.backbone)
+    size = image_size(ds, data_cfg, weights.preprocess.input_size)
     return {
         "version": VERSION,
         "backbone": name,
-        "impl": impl,
-        "weights": file_sha256(path) if path is not None else "random-init-seed-0",
-        "weights_path": str(path) if path is not None else None,
+        "weights": weights.sha256 or (f"{weights.name} {weights.url}" if weights.name != "random" else "random-init-seed-0"),
+        "weights_path": str(weights.path) if weights.path is not None else None,
+        "preprocess": weights.preprocess.key(),
         "pool": model_cfg.pool,
         "size": size,
         "eval_resize": eval_resize_for(size),
         "decode_short_side": decode_short_side(size, data_cfg),
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
         "dtype": "float32",
     }
 
@@ -109,11 +104,11 @@ def _digest(d: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- extraction
 
 
-def build_extractor(model_cfg: ModelConfig, weights_path: str | None, impl: str) -> FeatureExtractor:
+def build_extractor(model_cfg: ModelConfig, weights: ResolvedWeights) -> FeatureExtractor:
     """The frozen network; a random init (no weights) is always seed 0, so it is cacheable."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        backbone = create_backbone(model_cfg.backbone, impl=impl, weights=weights_path)
+        backbone = create_backbone(model_cfg.backbone, resolved=weights)
     return FeatureExtractor(backbone, model_cfg.pool).eval()
 
 
@@ -160,7 +155,8 @@ def frozen_features(ds: RetrievalDataset, cfg: TrialConfig, device: torch.device
     and setup info (``feature_cache_hits``, ``feature_seconds``, ...).
     """
     t0 = time.perf_counter()
-    key = backbone_key(cfg.model, cfg.data, ds)
+    weights = resolve_model_weights(cfg.model)
+    key = backbone_key(cfg.model, cfg.data, ds, weights)
     sources: list[str] = []
     built: dict[str, Any] = {}
 
@@ -169,7 +165,7 @@ def frozen_features(ds: RetrievalDataset, cfg: TrialConfig, device: torch.device
         """On a miss only: the image stage (opening the decoded-image store) and the extractor, fp32."""
         if not built:
             images = ImageInputs(ds, cfg, device, Precision(device, None, channels_last=device.type == "cuda"))
-            extractor = build_extractor(cfg.model, key["weights_path"], key["impl"]).to(device)
+            extractor = build_extractor(cfg.model, weights).to(device)
             built.update(images=images, extractor=images.precision.prepare(extractor))
         return built["images"].embed(built["extractor"], split).cpu()
 
@@ -194,6 +190,6 @@ def frozen_features(ds: RetrievalDataset, cfg: TrialConfig, device: torch.device
         "feature_cache_misses": len(sources) - hits,
         "feature_seconds": time.perf_counter() - t0,
         "feature_dim": int(train.x.shape[1]),
-        "backbone_impl": key["impl"],
+        **weights.record(),
     }
     return out, info

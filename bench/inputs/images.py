@@ -46,23 +46,33 @@ from bench.data.images import (
 from bench.data.samplers import make_batches
 from bench.inputs.augment import DeviceTransform
 from bench.inputs.base import Batch, Inputs
+from bench.models.weights import ResolvedWeights, resolve_model
 from bench.precision import Precision
 
-#: A blank image: the mean colour, i.e. zero after normalisation.
+#: A blank image: the mean colour, i.e. zero after normalisation (ImageNet RGB statistics).
 BLANK = np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8).reshape(1, 1, 3)
+
+
+def blank_for(pre: Any) -> np.ndarray:
+    """The RGB uint8 pixel that ``pre`` (a :class:`bench.models.weights.Preprocess`) maps to
+    zero: its mean, rescaled to 0-255 and put back in RGB order (BGR means are reversed)."""
+    mean = np.array(pre.mean, dtype=np.float64) * 255 / pre.value_range
+    rgb = mean[::-1] if pre.channels == "BGR" else mean
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(1, 1, 3)
 
 
 # ---------------------------------------------------------------------------- settings
 
 
-def image_size(ds: RetrievalDataset, data_cfg: DataConfig) -> int:
-    """``data.image_size``, or 224 for image files / the native size of in-memory images."""
+def image_size(ds: RetrievalDataset, data_cfg: DataConfig, default: int = 224) -> int:
+    """``data.image_size``, or ``default`` (the weights' input size) for image files / the
+    native size of in-memory images."""
     if data_cfg.image_size:
         return int(data_cfg.image_size)
     x = ds.train.x
     if isinstance(x, np.ndarray) and x.ndim >= 3:
         return int(x.shape[-2] if array_is_channels_last(x) else x.shape[-1])
-    return 224
+    return default
 
 
 def decode_short_side(size: int, data_cfg: DataConfig) -> int | None:
@@ -83,6 +93,16 @@ def resolve_workers(choice: int | None, ds: RetrievalDataset) -> int:
     if os.environ.get("BENCH_LOADER_WORKERS"):
         return int(os.environ["BENCH_LOADER_WORKERS"])
     return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def resolve_model_weights(model_cfg: Any) -> ResolvedWeights:
+    """``model.weights`` resolved (fetched, checked) with its preprocessing; a model without
+    a backbone (a head over features) reads ImageNet-normalised RGB."""
+    if model_cfg.backbone == "none":
+        from bench.models.weights import IMAGENET_RGB
+
+        return ResolvedWeights("random", None, None, None, IMAGENET_RGB)
+    return resolve_model(model_cfg)
 
 
 # ---------------------------------------------------------------------------- pixel sources
@@ -144,8 +164,10 @@ class PixelDataset(Dataset):
     """``(pixels, label, row)`` per row; an unreadable image gives ``None`` (train: dropped)
     or a blank image (eval), with one warning per file and process."""
 
-    def __init__(self, pixels, labels: np.ndarray, paths: list[str] | None, blank_on_error: bool):
+    def __init__(self, pixels, labels: np.ndarray, paths: list[str] | None, blank_on_error: bool,
+                 blank: np.ndarray = BLANK):
         self.pixels, self.labels, self.paths, self.blank_on_error = pixels, labels, paths, blank_on_error
+        self.blank = blank
         self._warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -161,7 +183,7 @@ class PixelDataset(Dataset):
         if img is None:
             if not self.blank_on_error:
                 return None
-            img = BLANK
+            img = self.blank
         return img, int(self.labels[i]), i
 
 
@@ -257,14 +279,17 @@ class ImageInputs(Inputs):
         if ds.kind != "images":
             raise ValueError(f"ImageInputs needs an image dataset; {ds.name!r} holds {ds.kind}")
         self.dataset, self.device, self.precision, self.cfg = ds, device, precision, cfg
-        self.size = image_size(ds, cfg.data)
+        self.weights = resolve_model_weights(cfg.model)  # fetched and checked once; preprocessing travels with them
+        pre = self.weights.preprocess
+        self.size = image_size(ds, cfg.data, pre.input_size)
         self.short_side = decode_short_side(self.size, cfg.data)
         self.workers = resolve_workers(cfg.train.num_workers, ds)
         self.transform = DeviceTransform(self.size, scale=cfg.data.crop_scale, flip=cfg.data.hflip,
+                                         mean=pre.mean, std=pre.std, channels=pre.channels, value_range=pre.value_range,
                                          dtype=precision.input_dtype, channels_last=precision.channels_last)
         self.store = self._open_store(cfg.data.image_store)
         self._train_loader: DataLoader | None = None
-        self.setup_info.update(image_size=self.size, num_workers=self.workers)
+        self.setup_info.update(image_size=self.size, num_workers=self.workers, **self.weights.record())
         if self.store is not None:
             self.setup_info.update(image_store=str(self.store.folder), image_store_gib=self.store.nbytes / 2**30)
         self._warn_store_failures()
@@ -307,7 +332,7 @@ class ImageInputs(Inputs):
 
     def _loader(self, split: Split, train: bool, **kw: Any) -> DataLoader:
         data = PixelDataset(self.pixels(split), split.y, None if isinstance(split.x, np.ndarray) else list(split.x),
-                            blank_on_error=not train)
+                            blank_on_error=not train, blank=blank_for(self.weights.preprocess))
         extra = {"persistent_workers": train} if self.workers > 0 else {}
         return DataLoader(data, collate_fn=collate_pixels, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", **extra, **kw)

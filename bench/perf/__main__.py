@@ -13,6 +13,7 @@ TARGETS = {
     "cli": "bench.perf.cli",
     "pack": "bench.perf.pack",
     "grid": "bench.perf.grid",
+    "backbones": "bench.perf.backbones",
 }
 
 if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

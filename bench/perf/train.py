@@ -13,8 +13,8 @@
       Proxy-Anchor with its proxies, AdamW with per-group learning rates, gradient
       clipping, per-epoch metric logging); images/s of its last training epoch (the
       first is warm-up; the store is built before the first, once per dataset);
-  (c) official-style: fp32 NCHW, every image decoded with PIL and transformed (random
-      resized crop + flip on the PIL image, as torchvision does) per item, every epoch,
+  (c) official-style: fp32 NCHW, every image decoded with PIL and transformed by
+      torchvision (random resized crop + flip on the PIL image) per item, every epoch,
       no cache; same workers, loss, optimiser and clipping.
 
 and the suite's input stage alone (store -> workers -> device -> augmentation, no model;
@@ -183,26 +183,20 @@ def loader_loop(ds: RetrievalDataset, cfg, epochs: int = 2) -> dict[str, float]:
 
 
 class PILTrainTransform:
-    """torchvision's RandomResizedCrop + RandomHorizontalFlip on a PIL image, then
-    ToTensor + Normalize: the official Proxy-Anchor train transform, without torchvision."""
+    """The official Proxy-Anchor train transform, torchvision's own: RandomResizedCrop +
+    RandomHorizontalFlip on the PIL image, then ToTensor + Normalize."""
 
     def __init__(self, size: int):
-        from bench.data.images import IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop
+        from torchvision import transforms
+
+        from bench.data.images import IMAGENET_MEAN, IMAGENET_STD
 
         self.size = size
-        self.crop = RandomResizedCrop(size)
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                      transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __call__(self, im) -> torch.Tensor:
-        from PIL import Image
-
-        i, j, h, w = self.crop.params(im.height, im.width)
-        im = im.resize((self.size, self.size), Image.BILINEAR, box=(j, i, j + w, i + h))
-        if torch.rand(1).item() < 0.5:
-            im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        return (t - self.mean) / self.std
+        return self.tf(im)
 
 
 class PILFiles(torch.utils.data.Dataset):
