@@ -76,7 +76,7 @@ def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, 
     """Write ``index.html`` and ``index.md`` into ``out``; returns their names."""
     exp_of = dict(zip(rs.runs["run_id"], rs.runs["experiment_id"]))
     title = f"proxybench report: {', '.join(rs.experiments)}"
-    commits = sorted(set(rs.runs.get("tags.bench.git_commit", []).dropna()))
+    commits = sorted(set(rs.runs["tags.bench.git_commit"].dropna())) if "tags.bench.git_commit" in rs.runs else []
     summary = (f"{len(rs.runs)} finished runs of {len(rs.studies)} studies from the tracking store "
                f"{mask_url(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. Every number is a "
                "test metric at the epoch and cell chosen by the selection rule the caption names.")

@@ -4,6 +4,7 @@ band, the epochs the runs selected marked."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from bench.report.captions import clip_note, headline_phrase
 from bench.report.output import Figure
 from bench.report.runs import RunSet
 from bench.report.stats import mean_ci
-from bench.report.style import band, colour, marker, panel_row, paper_style, save
+from bench.report.style import band, colour, legend_above, marker, panel_row, paper_style, save
 from bench.selection import score_name
 
 NAME = "convergence"
@@ -50,12 +51,21 @@ def convergence_figure(client, rs: RunSet, out: Path) -> Figure | None:
     if data.empty:
         return None
     metrics = sorted(set(data["metric"]))
-    caption = (f"{' / '.join(m.replace('_recall_at_1', ' R@1') for m in metrics)} per epoch at each study's selected "
-               f"cell, from {headline_phrase(data['source'])}: the mean over its runs with a 95 % Student-t band "
-               "(n per epoch in the CSV). Markers: epochs a run selected as its best (the first epoch with its "
-               "highest selection R@1); the number of runs that chose each epoch is in the CSV." + clip_note(data))
+    names = " / ".join(m.replace("_recall_at_1", " R@1").replace("val ", "validation ") for m in metrics)
+    caption = (f"{names[0].upper() + names[1:]} per epoch at each study's selected cell, from "
+               f"{headline_phrase(data['source'])}: {_band_phrase(data)}. Markers: epochs a run selected as its "
+               "best (the first epoch with its highest selection R@1); the number of runs that chose each epoch is "
+               "in the CSV." + clip_note(data))
     files = _draw(data, out, caption)
     return Figure(NAME, "Convergence at the selected cells", caption, data, files)
+
+
+def _band_phrase(data: pd.DataFrame) -> str:
+    ns = sorted({int(n) for n in data["n"] if n})
+    n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
+    if not ns or ns[-1] < 2:
+        return f"one run per study ({n}), so no band"
+    return f"the mean over its runs ({n}) with a 95 % Student-t band" + (" (none where n = 1)" if ns[0] < 2 else "")
 
 
 def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
@@ -65,7 +75,8 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
     studies = list(dict.fromkeys(data["study"]))
     with paper_style() as plt:
         n = len(datasets)
-        fig, axes = panel_row(plt, n, 2.4)
+        rows = math.ceil(len(studies) / (2 if max(map(len, data["label"])) <= 24 else 1))
+        fig, axes = panel_row(plt, n, 2.2 + 0.13 * rows)
         for ax, ds in zip(axes[0], datasets):
             d = data[data["dataset"] == ds]
             for s in [s for s in studies if s in set(d["study"])]:
@@ -81,6 +92,5 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
             if n > 1:
                 ax.set_title(ds)
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 2))
-        fig.tight_layout()
+        legend_above(fig, handles, labels, max_ncol=2)
         return save(fig, out, NAME, caption)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report.axes import AxisPlan, axis_label, axis_values, facet_label, fmt_value, log_base, order_values, short
+from bench.report.axes import (AxisPlan, axis_label, axis_values, facet_label, fmt_value, in_axis_order, log_base,
+                               order_values, short)
 from bench.report.captions import clip_note, fixed_phrase, runs_phrase, selection_rule
 from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
 from bench.report.runs import RunSet
 from bench.report.stats import summarize
-from bench.report.style import COLUMN, band, colour, marker, paper_style, save
+from bench.report.style import COLUMN, band, colour, legend_above, marker, paper_style, save, subplots
 
 COLUMNS = ["series", "study", "label", "dataset", "facet", "metric", "x_key", "x", "n", "mean", "ci_low", "ci_high",
            "selected", "cell", "run_ids"]
@@ -37,7 +38,7 @@ def series_table(plan: AxisPlan, facet: dict, metric: str) -> pd.DataFrame:
         "series": series, "study": st.key, "label": st.label, "dataset": st.dataset, "facet": facet_label(facet),
         "metric": metric, "x_key": x_key, "x": t[x_key], "n": t["n"], "mean": t["mean"], "ci_low": t["ci_low"],
         "ci_high": t["ci_high"], "selected": t["cell"] == st.selected, "cell": t["cell"], "run_ids": t["run_ids"],
-    }, columns=COLUMNS)
+    }, columns=COLUMNS).pipe(in_axis_order, ["x"])
 
 
 def line_figures(rs: RunSet, plans: list[AxisPlan], out: Path) -> list[Figure]:
@@ -78,12 +79,13 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     what = " and ".join(metrics.values())
     labels = ", ".join(dict.fromkeys(p.study.label for p in ps))
     text = (f"{what[0].upper() + what[1:]} against {axis_label(x_key)} for {labels}" + (f" on {dataset}" if dataset else "")
-            + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])} as a band"
+            + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])}"
+            + (" as a band" if (data["n"] > 1).any() else "")
             + (f"; ringed: {selection_rule(p.study for p in ps)}." if list(metrics) == ["test_recall_at_1"] else "."))
     if set(metrics) == set(RELABEL):
         text += (" Phase 1 of Smooth Proxy-Anchor flags a training sample as mislabelled when its observed label "
                  "gets confidence below the loss's threshold; precision and recall of those flags against the "
-                 "clean labels.")
+                 "clean labels." + _clean_point_note(data))
     if log_base(order_values(data["x"])):
         text += " Log-scale x axis."
     facets = sorted({f for p in ps for f in p.facets})
@@ -95,6 +97,23 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     return text + fixed_phrase(ps) + clip_note(data)
 
 
+def _clean_point_note(data: pd.DataFrame) -> str:
+    """Why recall is missing and precision is 0 where no label was corrupted (noise rate 0)."""
+    zero = data[[fmt_value(x) == "0" for x in data["x"]]]
+    if zero.empty:
+        return ""
+    prec = zero[zero["metric"] == "phase1_relabel_precision"]["mean"]
+    has_recall = (zero["metric"] == "phase1_relabel_recall").any()
+    text = " At noise rate 0 no training label is wrong:"
+    if not has_recall:
+        text += " recall (flags among corrupted labels) is undefined, so not drawn;"
+    if len(prec) and (prec == 0).all():
+        text += " every flag is a false alarm, so precision is 0."
+    elif len(prec):
+        text += " precision counts flags of labels that were never corrupted."
+    return text.rstrip(";") + ("." if text.endswith(";") else "")
+
+
 def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, name: str, caption: str,
           published) -> list[str]:
     xs = order_values(data["x"])
@@ -104,8 +123,9 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
     series = list(dict.fromkeys(data["series"]))
     rings = list(metrics) == ["test_recall_at_1"]  # the selected cell is ringed on its own metric only
     with paper_style() as plt:
-        fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN, 2.3 if len(metrics) == 1 else 1.7 * len(metrics)),
-                                 squeeze=False, sharex=True)
+        rows = -(-(len(series) + len(published) + rings) // (2 if max(map(len, series)) <= 24 else 1))
+        fig, axes = subplots(plt, len(metrics), 1, COLUMN, (2.0 if len(metrics) == 1 else 1.5 * len(metrics))
+                             + 0.13 * rows, sharex=True)
         for ax, (metric, ylabel) in zip(axes[:, 0], metrics.items()):
             d = data[data["metric"] == metric]
             for i, s in enumerate(series):
@@ -137,8 +157,5 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
         if rings:
             ring = plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.1)
             handles, labels = handles + [ring], labels + ["selected"]
-        ncol = 2 if len(handles) > 3 else 1
-        axes[0, 0].legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=ncol,
-                          handlelength=1.6, columnspacing=1.0)
-        fig.tight_layout()
+        legend_above(fig, handles, labels, max_ncol=2)
         return save(fig, out, name, caption)
