@@ -176,8 +176,9 @@ def tpe_experiment(trials: int = 20, pruned_every: int = 3):
     return runset(rows, {study: {"kind": "study", "space": TPE_SPACE}}, experiment="figures-tpe"), client
 
 
-def write_catalogue(root, seeds: int = 1) -> dict[str, Any]:
-    """Every report of :func:`catalogue` under ``root/<experiment>/``; experiment -> figures."""
+def write_catalogue(root, seeds: int = 1, only=None) -> dict[str, Any]:
+    """Every report of :func:`catalogue` (or those named in ``only``) under
+    ``root/<experiment>/``; experiment -> figures."""
     from pathlib import Path
 
     from bench.report.axes import plan_axes
@@ -185,6 +186,8 @@ def write_catalogue(root, seeds: int = 1) -> dict[str, Any]:
 
     out = {}
     for exp, (rs, client) in catalogue(seeds).items():
+        if only is not None and exp not in only:
+            continue
         folder = Path(root) / exp
         folder.mkdir(parents=True, exist_ok=True)
         plans, notes = plan_axes(rs)

@@ -71,6 +71,32 @@ def _reference_rows(rs: RunSet) -> list[list[str]]:
     return rows
 
 
+def figure_metric(f: Figure) -> str:
+    """What a figure's numbers are: ``test`` or ``validation`` (the selection split), or
+    ``other`` (relabelling precision/recall), read from the metrics its CSV names."""
+    metrics = set(f.data["metric"].dropna()) if "metric" in f.data else {"test_recall_at_1"}
+    kinds = {"validation" if m.startswith("val_") else "test" if m.startswith("test_") else "other" for m in metrics}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def metric_kinds_phrase(figures: list[Figure]) -> str:
+    """Which figures show test metrics and which the validation (selection) metric."""
+    by: dict[str, list[str]] = {}
+    for f in figures:
+        by.setdefault(figure_metric(f), []).append(f.name)
+    parts = []
+    if by.get("test"):
+        parts.append("Test metrics at the epoch and cell chosen by the selection rule its caption names: "
+                     + ", ".join(by["test"]) + ".")
+    if by.get("validation"):
+        parts.append("Validation R@1 (the selection metric, on classes held out of training, not a test number): "
+                     + ", ".join(by["validation"]) + ".")
+    if by.get("other") or by.get("mixed"):
+        parts.append("Other setup metrics (named on their axes): " + ", ".join(by.get("other", []) + by.get("mixed", []))
+                     + ".")
+    return " ".join(parts)
+
+
 def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, ui_url: str | None = None,
                 extra_md: str = "") -> list[str]:
     """Write ``index.html`` and ``index.md`` into ``out``; returns their names."""
@@ -78,8 +104,8 @@ def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, 
     title = f"proxybench report: {', '.join(rs.experiments)}"
     commits = sorted(set(rs.runs["tags.bench.git_commit"].dropna())) if "tags.bench.git_commit" in rs.runs else []
     summary = (f"{len(rs.runs)} finished runs of {len(rs.studies)} studies from the tracking store "
-               f"{mask_url(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. Every number is a "
-               "test metric at the epoch and cell chosen by the selection rule the caption names.")
+               f"{mask_url(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. "
+               + metric_kinds_phrase(figures))
     refs = _reference_rows(rs)
 
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
