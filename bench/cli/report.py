@@ -26,7 +26,8 @@ def register(sub) -> None:
     rep.add_argument("--where", action="append", metavar="AXIS=VALUE",
                      help="fix an axis before drawing, e.g. --where train.lr=0.001 (repeatable)")
     rep.add_argument("--ui-url", help="MLflow UI address to link run ids into (default: bench.yaml ui_url / "
-                                      "$BENCH_UI_URL; none: plain ids)")
+                                      "$BENCH_UI_URL, else a tracking server's own address, else bench ui's "
+                                      "http://127.0.0.1:5000)")
     rep.add_argument("--no-log", action="store_true", help="do not log the report on the studies' parent runs")
     add_store_options(rep)
     rep.set_defaults(fn=run)
@@ -48,10 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if args.axes and len(args.axes) > 2:
         raise UsageError(f"--axes takes one or two axes, got {len(args.axes)}; fix the others with --where AXIS=VALUE")
     from bench.report import ReportInputError, build_report
+    from bench.report.index import default_ui_url
 
     try:
         res = build_report(s.tracking_uri, args.experiment, args.out, axes=args.axes, where=where,
-                           storage=s.storage, ui_url=args.ui_url or os.environ.get("BENCH_UI_URL") or s.ui_url,
+                           storage=s.storage, ui_url=(args.ui_url or os.environ.get("BENCH_UI_URL") or s.ui_url
+                                   or default_ui_url(s.tracking_uri)),
                            log_artifacts=not args.no_log)
     except ReportInputError as e:
         raise UsageError(str(e)) from None

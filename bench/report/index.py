@@ -1,9 +1,16 @@
 """``index.html`` and ``index.md``: every figure with its caption, its files, the numbers it
 shows (the CSV, rendered as a table) and the MLflow runs behind it.
 
-Run ids link into the MLflow UI when a UI address is configured (``ui_url`` in bench.yaml,
-``$BENCH_UI_URL`` or ``bench report --ui-url``); the page holds no timestamp, so rebuilding
-from the same store writes the same page.
+Run ids link into the MLflow UI: the address configured (``ui_url`` in bench.yaml,
+``$BENCH_UI_URL`` or ``bench report --ui-url``), else the one the store is browsed at by
+default (:func:`default_ui_url`: a tracking server serves its own UI; a local store is
+what ``bench ui`` serves on http://127.0.0.1:5000). The page holds no timestamp, so
+rebuilding from the same store writes the same page.
+
+The copy logged on a parent run (:func:`self_contained`) is read inside MLflow's artifact
+viewer, which shows HTML from a blob URL in a sandboxed frame where relative links resolve
+to nothing: its images are embedded (data URIs), and a small script points its run and
+file links at the UI that is showing it.
 """
 
 from __future__ import annotations
@@ -28,11 +35,56 @@ details{margin-top:.5em} code{font-size:.9em} .note{color:#8a4b00}
 """
 
 
+#: ``bench ui``'s default address.
+BENCH_UI = "http://127.0.0.1:5000"
+
+
+def default_ui_url(tracking_uri: str) -> str:
+    """Where the runs of ``tracking_uri`` are browsed when no UI address is configured."""
+    if tracking_uri.startswith(("http://", "https://")):
+        from bench.secrets import mask_url
+
+        url = tracking_uri.rstrip("/")
+        return url if mask_url(url) == url else BENCH_UI  # never copy a password into a page
+    return BENCH_UI
+
+
 def run_link(run_id: str, experiment_id: str | None, ui_url: str | None) -> str:
+    exp = html.escape(experiment_id or "")
     if ui_url and experiment_id:
         href = f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        return f'<a href="{html.escape(href)}"><code>{run_id}</code></a>'
+        return f'<a href="{html.escape(href)}" data-run="{run_id}" data-exp="{exp}"><code>{run_id}</code></a>'
     return f"<code>{run_id}</code>"
+
+
+#: In the logged copy: run and file links pointed at the UI showing the page (the frame's
+#: blob URL names its origin), files through MLflow's artifact download route.
+RELINK_SCRIPT = """<script>(function(){var m=/^blob:(https?:[/][/][^/]+)/.exec(location.href);if(!m)return;
+var ui=m[1],run=document.body.getAttribute('data-parent-run'),dir=document.body.getAttribute('data-artifact-dir');
+document.querySelectorAll('a[data-run]').forEach(function(a){a.href=ui+'/#/experiments/'+a.getAttribute('data-exp')+
+'/runs/'+a.getAttribute('data-run')});
+document.querySelectorAll('a[data-file]').forEach(function(a){a.href=ui+'/get-artifact?path='+
+encodeURIComponent(dir+'/'+a.getAttribute('data-file'))+'&run_uuid='+run})})()</script>"""
+
+
+def self_contained(out: Path, run_id: str, artifact_dir: str) -> str:
+    """``out/index.html`` as logged on run ``run_id`` under ``artifact_dir``: every image
+    embedded as a data URI, links re-pointed inside MLflow's artifact viewer."""
+    import base64
+    import re
+
+    page = (out / "index.html").read_text()
+
+    def embed(m: re.Match) -> str:
+        png = out / html.unescape(m.group(1))
+        if not png.is_file():
+            return m.group(0)
+        return 'src="data:image/png;base64,' + base64.b64encode(png.read_bytes()).decode() + '"'
+
+    page = re.sub(r'src="([^":]+\.png)"', embed, page)
+    page = page.replace("<body>", f'<body data-parent-run="{html.escape(run_id)}" '
+                                  f'data-artifact-dir="{html.escape(artifact_dir)}">', 1)
+    return page.replace("</body>", RELINK_SCRIPT + "</body>", 1)
 
 
 def _csv_table(path: Path, name: str) -> str:
@@ -123,7 +175,8 @@ def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, 
 
     for f in figures:
         anchor = html.escape(f.name)
-        links = " · ".join(f'<a href="{html.escape(x)}">{html.escape(x)}</a>' for x in f.files if not x.endswith(".png"))
+        links = " · ".join(f'<a href="{html.escape(x)}" data-file="{html.escape(x)}">{html.escape(x)}</a>'
+                           for x in f.files if not x.endswith(".png"))
         h.append(f'<figure id="{anchor}"><h2>{html.escape(f.title)}</h2>')
         if f.image:
             h.append(f'<img src="{anchor}.png" alt="{html.escape(f.title)}">')
