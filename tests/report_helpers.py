@@ -53,6 +53,19 @@ class CurveClient:
     def __init__(self):
         self.curves: dict[tuple[str, str], list[float]] = {}
 
+        self.specs: dict[str, dict] = {}  # parent run id -> its study.yaml
+
+    def download_artifacts(self, run_id: str, path: str, dst: str) -> str:
+        from pathlib import Path
+
+        import yaml
+
+        if path != "study.yaml" or run_id not in self.specs:
+            raise FileNotFoundError(path)
+        out = Path(dst) / path
+        out.write_text(yaml.safe_dump(self.specs[run_id]))
+        return str(out)
+
     def get_metric_history(self, run_id: str, key: str):
         from types import SimpleNamespace
 
@@ -111,12 +124,14 @@ def catalogue(seeds: int = 1) -> dict[str, tuple[Any, CurveClient]]:
     out = {}
     alphas, deltas = [4, 8, 16, 32, 64], [0.0, 0.1, 0.2, 0.4]
 
-    def grid_exp(exp, variants, shared, repeat=False):
+    def grid_exp(exp, variants, shared, repeat=False, conditions=None):
         client, rows, specs = CurveClient(), [], {}
         for name, loss, grid, extra in variants:
             study = f"{exp}.{name}"
             g = {**grid, **shared}
-            specs[study] = {"kind": "grid", "grid": g, **({"repeat": {"seeds": 3}} if repeat else {})}
+            specs[study] = {"kind": "grid", "grid": g, **({"repeat": {"seeds": 3}} if repeat else {}),
+                            **({"conditions": conditions} if conditions is not None else {})}
+            client.specs[f"parent-{study}"] = specs[study]
             new = _grid_runs(client, study, g, seeds, loss, 0.55, **extra.get("metrics", {}))
             for r in new:
                 r.update(extra.get("params", {}))
@@ -133,8 +148,10 @@ def catalogue(seeds: int = 1) -> dict[str, tuple[Any, CurveClient]]:
     out["figures-alpha-lr"] = grid_exp("figures-alpha-lr", [
         ("figures-alpha-lr", "proxy_anchor", {"loss.alpha": [4, 16, 64], "train.lr": [1e-4, 1e-3, 1e-2]}, {})], {})
     two = [("proxy_anchor", "proxy_anchor", {}, {}), ("proxy_nca", "proxy_nca", {}, {})]
-    out["figures-batch"] = grid_exp("figures-batch", two, {"train.batch_size": [32, 64, 128, 256, 512]})
-    out["figures-dims"] = grid_exp("figures-dims", two, {"model.embedding_dim": [16, 32, 64, 128, 256]})
+    out["figures-batch"] = grid_exp("figures-batch", two, {"train.batch_size": [32, 64, 128, 256, 512]},
+                                    conditions=["train.batch_size"])
+    out["figures-dims"] = grid_exp("figures-dims", two, {"model.embedding_dim": [16, 32, 64, 128, 256]},
+                                   conditions=["model.embedding_dim"])
     relabel = {"metrics": {"phase1_relabel_precision": lambda c: 0.0 if c["data.noise_rate"] == 0 else 0.6,
                            "phase1_relabel_recall": lambda c: float("nan") if c["data.noise_rate"] == 0 else 0.4}}
     out["figures-noise"] = grid_exp("figures-noise", [

@@ -59,6 +59,8 @@ def build_report(tracking_uri: str, experiments: str | Sequence[str], out: str |
         "files": sorted(x for f in figures for x in f.files) + index,
         "runs": len(rs.runs),
         "studies": {st.label: {"study": st.name, "selected": st.selected, "select_on": st.select_on,
+                               **({"conditions": list(st.conditions), "selected_per_condition": st.selected_by}
+                                  if getattr(st, "conditions", ()) else {}),
                                "repeats": len(rs.repeat_runs(k))} for k, st in rs.studies.items()},
         "logged_on_parent_runs": logged,
         "warnings": warnings + notes + [f"{st.label}: {n}" for st in rs.studies.values() for n in st.notes],
@@ -70,6 +72,7 @@ def write_report(client, rs, plans, notes: list[str], out: Path, storage: str | 
     """Every figure, table and the index of ``rs`` into the (empty) folder ``out``;
     ``(figures, index files, notes of figures that could not be drawn)``. ``client`` only
     answers ``get_metric_history`` (the convergence curves)."""
+    from bench.report.conditions import annotate
     from bench.report.figures.convergence import convergence_figure
     from bench.report.figures.heatmap import heatmap_figures
     from bench.report.figures.hierarchy import hierarchy_figure
@@ -80,6 +83,7 @@ def write_report(client, rs, plans, notes: list[str], out: Path, storage: str | 
     from bench.report.output import write_figure_files
     from bench.report.tables import write_recall_tables
 
+    annotate(rs, client)  # each study's conditions and its selected cell per condition value
     figures = heatmap_figures(plans, out) + line_figures(rs, plans, out)
     recall = recall_figure(rs, out)
     if recall is not None:

@@ -101,13 +101,16 @@ def _studies_rows(rs: RunSet) -> list[list[str]]:
     rows = []
     for key, st in rs.studies.items():
         n_grid, n_rep = len(rs.grid_runs(key)), len(rs.repeat_runs(key))
+        by = getattr(st, "selected_by", None) or {}
+        selected = ("; ".join(f"at {c}: {cell}" for c, cell in by.items()) if getattr(st, "conditions", ())
+                    else st.selected or "–")
         rows.append([st.label, st.name, st.experiment, st.kind, ", ".join(st.axes) or "–",
-                     ", ".join(st.repeat_axes), str(n_grid), str(n_rep), st.selected or "–", st.select_on])
+                     ", ".join(st.repeat_axes), str(n_grid), str(n_rep), selected, st.select_on])
     return rows
 
 
 STUDY_HEAD = ["label", "study", "experiment", "kind", "axes (cells)", "averaged over", "selection runs",
-              "fresh-seed repeats", "selected cell", "selected on"]
+              "fresh-seed repeats", "selected cell (per condition value)", "selected on"]
 
 
 def _reference_rows(rs: RunSet) -> list[list[str]]:

@@ -61,9 +61,9 @@ def subplots(plt, nrows: int, ncols: int, width: float, height: float, **kw):
     return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
 
 
-def panel_row(plt, n: int, height: float):
+def panel_row(plt, n: int, height: float, **kw):
     """``(fig, axes)``: ``n`` panels side by side (one per dataset), a column wide for one."""
-    return subplots(plt, 1, n, COLUMN if n == 1 else min(PAGE, 3.0 * n), height)
+    return subplots(plt, 1, n, COLUMN if n == 1 else min(PAGE, 3.0 * n), height, **kw)
 
 
 def legend_above(fig, handles, labels, max_ncol: int = 3, **kw):

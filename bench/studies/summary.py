@@ -67,3 +67,28 @@ def selected_cell(study: optuna.Study, axes: tuple[str, ...] | None = None) -> d
     return {"number": ts[0].number, "params": json.loads(cell), "value": sum(t.value for t in ts) / len(ts),
             "test_recall_at_1": means.get("test_recall_at_1", float("nan")), "metrics": means,
             "repeats": len(ts), "select_on": select_on, "mlflow_run_id": ts[0].user_attrs.get("mlflow_run_id")}
+
+
+def tie_break_note(study: optuna.Study, axes: tuple[str, ...] | None = None) -> str | None:
+    """Say so when selection had nothing to select on: the selection score equal for every
+    cell (the cell is then the tie-break's: smallest axis values), or equal at every epoch
+    of the selected cell's runs (the epoch is then the first). None when it selected."""
+    done = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+    axes = repeat_axes(study) if axes is None else axes
+    by_cell: dict[str, list[float]] = {}
+    for t in done:
+        by_cell.setdefault(cell_of(t.params, axes), []).append(t.value)
+    means = {c: sum(v) / len(v) for c, v in by_cell.items() if v}
+    select_on = (study.user_attrs.get("base_trial", {}).get("eval", {}) or {}).get("select_on", "val")
+    metric = f"{'validation' if select_on == 'val' else 'test'} R@1"
+    notes = []
+    if len(means) > 1 and len(set(means.values())) == 1:
+        notes.append(f"{metric} is {next(iter(means.values())):.4f} for every one of the {len(means)} cells: the "
+                     "selected cell is the tie-break's (smallest axis values), not a better one")
+    best = selected_cell(study, axes)
+    chosen = [t for t in done if best and cell_of(t.params, axes) == json.dumps(best["params"], sort_keys=True)]
+    curves = [list(t.intermediate_values.values()) for t in chosen if len(t.intermediate_values) > 1]
+    if curves and all(len(set(c)) == 1 for c in curves):
+        notes.append(f"{metric} is the same at every epoch of the selected cell's runs: the selected epoch is the "
+                     "first, by tie-break")
+    return "; ".join(notes) or None

@@ -13,6 +13,7 @@ import pandas as pd
 from bench.report.axes import (AxisPlan, axis_label, axis_values, facet_label, fmt_value, in_axis_order, order_values,
                                short)
 from bench.report.captions import fixed_phrase, runs_phrase, selection_rule
+from bench.report.conditions import condition_phrase, is_selected
 from bench.report.output import Figure
 from bench.report.stats import summarize
 from bench.report.style import COLUMN, HEATMAP_CMAP, MIN_PT, PAGE, paper_style, save, subplots
@@ -34,7 +35,7 @@ def panel_table(plan: AxisPlan, facet: dict) -> pd.DataFrame:
         "study": st.key, "label": st.label, "dataset": st.dataset, "facet": facet_label(facet),
         "x_key": x_key, "x": test[x_key], "y_key": y_key, "y": test[y_key], "n": test["n"],
         "test_r1": test["mean"], "test_r1_ci_low": test["ci_low"], "test_r1_ci_high": test["ci_high"],
-        "val_r1": val["mean"].to_numpy(), "selected": test["cell"] == st.selected, "cell": test["cell"],
+        "val_r1": val["mean"].to_numpy(), "selected": is_selected(st, test["cell"]), "cell": test["cell"],
         "run_ids": test["run_ids"],
     }, columns=COLUMNS).pipe(in_axis_order, ["y", "x"])
 
@@ -65,7 +66,7 @@ def _caption(ps: list[AxisPlan], panels, data: pd.DataFrame, dataset: str) -> st
             f"{', '.join(dict.fromkeys(p.study.label for p in ps))}" + (f" on {dataset}" if dataset else "") + ". "
             f"Each cell: {runs_phrase(list(data['n']), repeat_axes)}; n, the interval and the runs of every cell "
             "are in the CSV. "
-            f"Boxed: {selection_rule(p.study for p in ps)}." + (" One colour scale for all panels." if len(panels) > 1 else ""))
+            f"Boxed: {selection_rule(p.study for p in ps)}.{condition_phrase(p.study for p in ps)}" + (" One colour scale for all panels." if len(panels) > 1 else ""))
     if facets:
         text += f" One panel per value of {', '.join(facets)} (never averaged over)."
     missing = [p.study.label for p in ps if p.study.selected is not None

@@ -12,6 +12,7 @@ import pandas as pd
 from bench.report.axes import (AxisPlan, axis_label, axis_values, facet_label, fmt_value, in_axis_order, log_base,
                                order_values, short)
 from bench.report.captions import clip_note, fixed_phrase, runs_phrase, selection_rule
+from bench.report.conditions import condition_phrase, is_selected
 from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
 from bench.report.runs import RunSet
@@ -37,7 +38,7 @@ def series_table(plan: AxisPlan, facet: dict, metric: str) -> pd.DataFrame:
     return pd.DataFrame({
         "series": series, "study": st.key, "label": st.label, "dataset": st.dataset, "facet": facet_label(facet),
         "metric": metric, "x_key": x_key, "x": t[x_key], "n": t["n"], "mean": t["mean"], "ci_low": t["ci_low"],
-        "ci_high": t["ci_high"], "selected": t["cell"] == st.selected, "cell": t["cell"], "run_ids": t["run_ids"],
+        "ci_high": t["ci_high"], "selected": is_selected(st, t["cell"]), "cell": t["cell"], "run_ids": t["run_ids"],
     }, columns=COLUMNS).pipe(in_axis_order, ["x"])
 
 
@@ -81,7 +82,7 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     text = (f"{what[0].upper() + what[1:]} against {axis_label(x_key)} for {labels}" + (f" on {dataset}" if dataset else "")
             + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])}"
             + (" as a band" if (data["n"] > 1).any() else "")
-            + (f"; ringed: {selection_rule(p.study for p in ps)}." if list(metrics) == ["test_recall_at_1"] else "."))
+            + (_ring_phrase(ps, data) if list(metrics) == ["test_recall_at_1"] else "."))
     if set(metrics) == set(RELABEL):
         text += (" Phase 1 of Smooth Proxy-Anchor flags a training sample as mislabelled when its observed label "
                  "gets confidence below the loss's threshold; precision and recall of those flags against the "
@@ -95,6 +96,21 @@ def _caption(ps, data, metrics, dataset, published) -> str:
         srcs = sorted({s for _, pub in published for s in pub["source"]})
         text += f" Hollow markers: published R@1 for the same dataset, loss, dimension and backbone ({'; '.join(srcs)})."
     return text + fixed_phrase(ps) + clip_note(data)
+
+
+def _ringed(t: pd.DataFrame) -> pd.DataFrame:
+    """The points of one series that are ringed: its selected ones, unless every point is
+    (a line over a condition with nothing else to select: each point is its own cell)."""
+    return t[t["selected"]] if not t["selected"].all() else t.iloc[0:0]
+
+
+def _ring_phrase(ps, data: pd.DataFrame) -> str:
+    studies = [p.study for p in ps]
+    if not any(len(_ringed(t)) for _, t in data.groupby("series")):
+        x = axis_label(ps[0].plot_axes[0])
+        return (f". {x[0].upper() + x[1:]} is a condition (compared across, never selected over) and each point is "
+                "its study's only cell at that value, so none is ringed.")
+    return f"; ringed: {selection_rule(studies)}.{condition_phrase(studies)}"
 
 
 def _clean_point_note(data: pd.DataFrame) -> str:
@@ -137,7 +153,7 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
                 x = [pos(v) for v in t["x"]]
                 ax.plot(x, t["mean"], color=colour(i), marker=marker(i), label=s, zorder=3)
                 band(ax, x, list(t["ci_low"]), list(t["ci_high"]), colour(i))
-                sel = t[t["selected"]]
+                sel = _ringed(t)
                 if len(sel) and rings:
                     ax.plot([pos(v) for v in sel["x"]], sel["mean"], ls="none", marker="o", ms=10, mfc="none",
                             mec="black", mew=1.1, zorder=4)
@@ -154,6 +170,7 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
         ax.set_xticks([pos(v) for v in xs], [fmt_value(v) for v in xs])
         ax.set_xlabel(axis_label(x_key))
         handles, labels = axes[0, 0].get_legend_handles_labels()
+        rings = rings and any(len(_ringed(t)) for _, t in data.groupby("series"))
         if rings:
             ring = plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.1)
             handles, labels = handles + [ring], labels + ["selected"]

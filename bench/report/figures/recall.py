@@ -16,28 +16,34 @@ from bench.report.runs import RunSet
 from bench.report.stats import mean_ci
 from bench.report.style import colour, legend_above, marker, panel_row, paper_style, save
 
-COLUMNS = ["dataset", "study", "label", "source", "k", "n", "mean", "ci_low", "ci_high", "published", "cell", "run_ids"]
+COLUMNS = ["dataset", "condition", "study", "label", "source", "k", "n", "mean", "ci_low", "ci_high", "published", "cell",
+           "run_ids"]
 NAME = "recall_at_k"
 
 
 def recall_table(rs: RunSet) -> pd.DataFrame:
     """Per study and K: the headline runs' mean test Recall@K, CI, n, and the comparable
     published number (percent, NaN when none)."""
+    from bench.report.axes import facet_label
+    from bench.report.conditions import headline_runs
+
     rows = []
     for key, st in rs.studies.items():
         if st.selected is None:
             continue
-        runs, source = rs.headline_runs(key)
         pub = comparable(setup_of(rs, key))
-        ks = sorted(int(c.rsplit("_", 1)[1]) for c in runs if c.startswith("metrics.test_recall_at_")
-                    and runs[c].notna().any())
-        for k in ks:
-            mean, lo, hi, n = mean_ci(pd.to_numeric(runs[f"metrics.test_recall_at_{k}"], errors="coerce"))
-            p = pub[pub["k"] == k]["recall"]
-            rows.append({"dataset": st.dataset, "study": key, "label": st.label, "source": source, "k": k, "n": n,
-                         "mean": mean, "ci_low": lo, "ci_high": hi,
-                         "published": float(p.iloc[0]) if len(p) else math.nan, "cell": st.selected,
-                         "run_ids": ";".join(sorted(runs["run_id"]))})
+        for cond, runs, source in headline_runs(rs, key):  # one selected cell per condition value
+            if runs.empty:
+                continue
+            ks = sorted(int(c.rsplit("_", 1)[1]) for c in runs if c.startswith("metrics.test_recall_at_")
+                        and runs[c].notna().any())
+            for k in ks:
+                mean, lo, hi, n = mean_ci(pd.to_numeric(runs[f"metrics.test_recall_at_{k}"], errors="coerce"))
+                p = pub[pub["k"] == k]["recall"]
+                rows.append({"dataset": st.dataset, "condition": facet_label(cond), "study": key, "label": st.label,
+                             "source": source, "k": k, "n": n, "mean": mean, "ci_low": lo, "ci_high": hi,
+                             "published": float(p.iloc[0]) if len(p) and not cond else math.nan,
+                             "cell": runs["cell"].iloc[0], "run_ids": ";".join(sorted(runs["run_id"]))})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -46,8 +52,13 @@ def recall_figure(rs: RunSet, out: Path) -> Figure | None:
     if data.empty:
         return None
     pubs = sorted({s for key in data["study"].unique() for s in comparable(setup_of(rs, key))["source"]})
+    from bench.report.conditions import condition_phrase
+
+    per = data["condition"].ne("").any()
     caption = (f"Test Recall@K at each study's selected cell ({selection_rule(rs.studies.values())}), from "
                f"{headline_phrase(data['source'])}; {_bars_phrase(data)}. K follows each dataset's protocol. "
+               + (f"{condition_phrase(rs.studies.values()).strip()} One panel per dataset and condition value. "
+                  if per else "")
                + (f"Hollow markers: published numbers for the same dataset, loss, embedding dimension and backbone "
                   f"({'; '.join(pubs)})." if pubs else "No published numbers match these runs' dataset, loss, "
                   "dimension and backbone, so none are drawn."))
@@ -66,13 +77,13 @@ def _bars_phrase(data: pd.DataFrame) -> str:
 
 
 def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
-    datasets = list(dict.fromkeys(data["dataset"]))
+    panels = list(dict.fromkeys(zip(data["dataset"], data["condition"])))
     studies = list(dict.fromkeys(data["study"]))
     with paper_style() as plt:
-        n = len(datasets)
-        fig, axes = panel_row(plt, n, 2.3 + 0.13 * _legend_rows(data))
-        for ax, ds in zip(axes[0], datasets):
-            d = data[data["dataset"] == ds]
+        n = len(panels)
+        fig, axes = panel_row(plt, n, 2.3 + 0.13 * _legend_rows(data), sharey=n > 3)
+        for ax, (ds, cond) in zip(axes[0], panels):
+            d = data[(data["dataset"] == ds) & (data["condition"] == cond)]
             ks = sorted(d["k"].unique())
             here = [s for s in studies if s in set(d["study"])]
             width = 0.8 / max(len(here), 1)
@@ -92,8 +103,9 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
                     ax.plot(x, pub, ls="none", marker=marker(idx), mfc="none", mec=colour(idx), ms=7, mew=1.0)
             ax.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
             ax.set_xlim(-0.5, len(ks) - 0.5)
-            ax.set_title(ds)
-            ax.set_ylabel("test Recall@K")
+            ax.set_title(ds + (f"\n{cond}" if cond else ""))
+            if ax is axes[0, 0]:
+                ax.set_ylabel("test Recall@K")
             ax.grid(axis="x", visible=False)
         handles, labels = axes[0, 0].get_legend_handles_labels()
         if data["published"].notna().any():
