@@ -148,6 +148,9 @@ def test_repeat_retrains_the_selected_cell_with_fresh_seeds_once(store):
     assert (r1["source"], r1["n"]) == ("repeats", 2)
     assert r1["mean"] == pytest.approx(rep["metrics.test_recall_at_1"].astype(float).mean(), abs=1e-6)
     assert "fresh-seed repeats" in (tmp / "rep2" / "recall_at_k.txt").read_text()
+    # bench repeat ended with the cell's mean and interval over its repeats, the report's numbers
+    assert err[-1].startswith("alr {") and f"test R@1 {r1['mean']:.4f} ± {(r1['ci_high'] - r1['ci_low']) / 2:.4f}" in err[-1]
+    assert "(n = 2 fresh seeds, 95 % Student-t interval)" in err[-1]
     # the heatmap still draws the grid's own runs
     assert set(pd.read_csv(tmp / "rep2" / "heatmap_alpha_lr.csv")["n"]) == {1}
     # resumable and exactly once; another count is refused with the way out

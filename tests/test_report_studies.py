@@ -94,3 +94,22 @@ def test_a_saturated_selection_says_it_fell_to_the_tie_break(tmp_path):
         study2.add_trial(optuna.trial.create_trial(params={"loss.alpha": a}, distributions=dist, value=v,
                                                    intermediate_values={1: v - 0.1, 2: v}))
     assert tie_break_note(study2) is None
+
+
+def test_a_grid_study_stores_only_its_kinds_settings_and_names_its_objective():
+    import optuna
+
+    from bench.studies import StudySpec
+    from bench.studies.summary import name_objective, stored_spec
+
+    grid = StudySpec(experiment="e", grid={"loss.alpha": [4, 8]}).model_dump(mode="json")
+    kept = stored_spec(grid)
+    assert not {"n_trials", "sampler", "pruner", "seed"} & set(kept) and kept["grid"] == {"loss.alpha": [4, 8]}
+    assert "space" in kept and "repeat" in kept
+    search = StudySpec(experiment="e", kind="study", space={"loss.alpha": {"log_uniform": [4, 64]}}).model_dump(mode="json")
+    assert stored_spec(search) == search
+    study = optuna.create_study(direction="maximize")
+    name_objective(study, "val")
+    assert study.metric_names == ["validation R@1 (selection metric)"]
+    name_objective(study, "val")  # idempotent on a resumed study
+    assert study.metric_names == ["validation R@1 (selection metric)"]

@@ -92,3 +92,31 @@ def tie_break_note(study: optuna.Study, axes: tuple[str, ...] | None = None) -> 
         notes.append(f"{metric} is the same at every epoch of the selected cell's runs: the selected epoch is the "
                      "first, by tie-break")
     return "; ".join(notes) or None
+
+
+#: Spec fields that only a search (``kind: study``) uses.
+SEARCH_ONLY = ("n_trials", "sampler", "pruner", "seed")
+
+
+def stored_spec(spec_dump: dict[str, Any]) -> dict[str, Any]:
+    """A study's spec as stored with it (the ``spec`` user attr): only what applies to its
+    kind, so a grid's attrs never show a sampler or trial count it did not use. ``grid`` and
+    ``space`` stay (an empty one included), as the runner compares them on a rerun."""
+    if spec_dump.get("kind") == "study":
+        return dict(spec_dump)
+    return {k: v for k, v in spec_dump.items() if k not in SEARCH_ONLY}
+
+
+def objective_name(select_on: str) -> str:
+    """What a study's objective is, as Optuna and optuna-dashboard show it."""
+    return f"{'validation' if select_on == 'val' else 'test'} R@1 (selection metric)"
+
+
+def name_objective(study: optuna.Study, select_on: str) -> None:
+    """Name the study's one objective (optuna-dashboard otherwise says "Objective 0")."""
+    import warnings
+
+    if study.metric_names != [objective_name(select_on)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # set_metric_names is marked so
+            study.set_metric_names([objective_name(select_on)])
