@@ -120,3 +120,20 @@ def name_objective(study: optuna.Study, select_on: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # set_metric_names is marked so
             study.set_metric_names([objective_name(select_on)])
+
+
+def name_objectives(storage) -> list[str]:
+    """Name the objective of every bench study in ``storage`` that has no metric names yet
+    (studies run before the runner named them); other studies are left alone. Returns the
+    studies named."""
+    named = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = s.user_attrs or {}
+        if "spec" not in attrs or s.directions is None or len(s.directions) != 1:
+            continue
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        if study.metric_names is None:
+            select_on = ((attrs.get("base_trial") or {}).get("eval") or {}).get("select_on", "val")
+            name_objective(study, select_on)
+            named.append(s.study_name)
+    return named
