@@ -53,19 +53,6 @@ class CurveClient:
     def __init__(self):
         self.curves: dict[tuple[str, str], list[float]] = {}
 
-        self.specs: dict[str, dict] = {}  # parent run id -> its study.yaml
-
-    def download_artifacts(self, run_id: str, path: str, dst: str) -> str:
-        from pathlib import Path
-
-        import yaml
-
-        if path != "study.yaml" or run_id not in self.specs:
-            raise FileNotFoundError(path)
-        out = Path(dst) / path
-        out.write_text(yaml.safe_dump(self.specs[run_id]))
-        return str(out)
-
     def get_metric_history(self, run_id: str, key: str):
         from types import SimpleNamespace
 
@@ -131,7 +118,6 @@ def catalogue(seeds: int = 1) -> dict[str, tuple[Any, CurveClient]]:
             g = {**grid, **shared}
             specs[study] = {"kind": "grid", "grid": g, **({"repeat": {"seeds": 3}} if repeat else {}),
                             **({"conditions": conditions} if conditions is not None else {})}
-            client.specs[f"parent-{study}"] = specs[study]
             new = _grid_runs(client, study, g, seeds, loss, 0.55, **extra.get("metrics", {}))
             for r in new:
                 r.update(extra.get("params", {}))

@@ -210,3 +210,26 @@ def test_demo_all_runs_every_figure_study_and_links_every_report(tmp_path, monke
     assert set(rk["source"]) == {"repeats"}  # the file's repeat: block ran after its grid
     index = (tmp_path / "reports" / "index.html").read_text()
     assert 'href="fa/index.html"' in index and 'href="fb/index.html"' in index
+
+
+def test_a_condition_gets_its_own_selected_cell_and_repeats(tmp_path):
+    """Noise rate is a condition: each noise rate's best cell is repeated, the headline has a
+    row per noise rate from its own repeats."""
+    from conftest import TINY
+
+    settings = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"),
+                        storage=f"sqlite:///{tmp_path}/optuna.db", trial={**TINY, "train": {**TINY["train"], "epochs": 1}})
+    out = run_study(StudySpec(experiment="noisy", grid={"data.noise_rate": [0.0, 0.2], "loss.alpha": [8.0, 32.0]}),
+                    settings, progress=False)
+    assert out.completed == 4
+    code, err = cli(settings, "repeat", "--experiment", "noisy", "--seeds", "1", "--no-progress")
+    assert code == 0, err
+    runs = runs_of(settings, "noisy")
+    rep = runs[runs["tags.bench.repeat_study"].notna()]
+    assert sorted(json.loads(c)["data.noise_rate"] for c in rep["tags.bench.repeat_of"]) == [0.0, 0.2]
+    assert len(err) >= 2 and all(line.startswith("noisy {") for line in err[-2:])  # one closing line per cell
+    build_report(settings.tracking_uri, "noisy", tmp_path / "rep", log_artifacts=False)
+    rk = pd.read_csv(tmp_path / "rep" / "recall_at_k.csv")
+    r1 = rk[rk["k"] == 1].sort_values("condition")
+    assert r1["condition"].tolist() == ["noise_rate=0", "noise_rate=0.2"] and set(r1["source"]) == {"repeats"}
+    assert sorted(r1["cell"]) == sorted(set(rep["tags.bench.repeat_of"]))

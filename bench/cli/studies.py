@@ -175,8 +175,10 @@ def studies_to_delete(studies: dict[str, Any], name: str) -> list[str]:
         roots = [name]
     else:
         roots = sorted(n for n, st in studies.items()
-                       if (st.user_attrs.get("spec") or {}).get("experiment") == name and not n.endswith(REPEAT_SUFFIX))
+                       if (st.user_attrs.get("spec") or {}).get("experiment") == name
+                       and not n.endswith(REPEAT_SUFFIX) and REPEAT_SUFFIX + "[" not in n)
     names = [n for r in roots for n in (r, r + REPEAT_SUFFIX) if n in studies]
+    names += [n for r in roots for n in sorted(studies) if n.startswith(r + REPEAT_SUFFIX + "[")]  # per condition
     return list(dict.fromkeys(names))
 
 

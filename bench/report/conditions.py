@@ -1,8 +1,9 @@
 """Conditions: axes a reader compares across (label noise rate, dataset, and where a study
 declares them so, batch size or embedding dimension), never selects over.
 
-A study's conditions are its study file's ``conditions:`` as recorded in the parent run's
-``study.yaml``, else its ``data.*`` axes (:func:`bench.selection.default_conditions`). The
+A study's conditions (:attr:`bench.report.runs.Study.conditions`) are its study file's
+``conditions:`` as recorded in the parent run's ``study.yaml``, else its ``data.*`` axes
+(:func:`bench.selection.default_conditions`). The
 report selects a cell per condition value (:func:`bench.selection.select_per_condition`):
 one boxed cell per value in a heatmap, one ring per value on a line, one Recall@K row per
 value. Without conditions this is the study's one selected cell.
@@ -16,15 +17,13 @@ from typing import Any
 import pandas as pd
 
 from bench.report.runs import RunSet, Study
-from bench.selection import default_conditions, group_scores, score_name, select_per_condition
+from bench.selection import group_scores, score_name, select_per_condition
 
 
 def annotate(rs: RunSet, client=None) -> None:
-    """Give every study of ``rs`` its ``conditions`` and ``selected_by`` (condition JSON ->
-    selected cell JSON), from its recorded ``study.yaml`` when ``client`` can read it."""
+    """Give every study of ``rs`` its ``selected_by`` (condition JSON -> selected cell JSON,
+    by its recorded conditions) and notes on a selection that fell to the tie-break."""
     for key, st in rs.studies.items():
-        declared = _declared(client, st)
-        st.conditions = default_conditions(st.axes, declared)
         g = rs.grid_runs(key)
         metric = f"metrics.{score_name(st.select_on)}"
         if metric not in g or g.empty:
@@ -67,17 +66,8 @@ def saturation_notes(st: Study, scores: dict, runs: pd.DataFrame, client=None) -
     return notes
 
 
-def _declared(client, st: Study) -> list[str] | None:
-    if client is None or not st.parent_run_id or not hasattr(client, "download_artifacts"):
-        return None
-    from bench.report.runs import study_yaml
-
-    spec = study_yaml(client, st.parent_run_id)
-    return spec.get("conditions") if "conditions" in spec else None
-
-
 def conditions(st: Study) -> tuple[str, ...]:
-    return tuple(getattr(st, "conditions", ()) or ())
+    return tuple(st.conditions)
 
 
 def selected_cells(st: Study) -> dict[str, str]:

@@ -7,6 +7,9 @@ those runs. Each study's repeats run through :func:`bench.studies.run_study` as 
 ``config.yaml``), in an Optuna study ``<study>.repeat``: exactly once per seed, resumable,
 safe with parallel workers. Its trial runs carry ``bench.repeat_study`` (the study repeated)
 and ``bench.repeat_of`` (the cell, canonical JSON); its parent run nests under the study's.
+A study with conditions (:mod:`bench.report.conditions`) has a selected cell per condition
+value, and each gets its own repeats: ``<study>.repeat[<condition>]``, e.g.
+``figures-noise.proxy_anchor.repeat[noise_rate=0.2]``.
 """
 
 from __future__ import annotations
@@ -76,23 +79,30 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
     unknown = [s for s in studies or [] if s not in names]
     if unknown:
         raise ConfigError(f"experiment {experiment!r} has no study {', '.join(unknown)}; its studies: {', '.join(sorted(names))}")
+    from bench.report.axes import facet_label
+    from bench.report.conditions import annotate, selected_cells
+
+    annotate(rs)
     plans = []
     for key, st in rs.studies.items():
         if (studies and st.name not in studies) or st.selected is None:
             continue
         grid = rs.grid_runs(key)
         used = {int(float(s)) for s in grid["params.train.seed"].dropna()}
-        chosen = grid[grid["cell"] == st.selected].sort_values("run_id")
-        config = _config(client, chosen["run_id"].iloc[0])
         fresh = fresh_seeds(used, seeds)
-        before = _earlier_seeds(client, st.experiment_id, st.name + REPEAT_SUFFIX)
-        if before is not None and before != fresh:
-            raise ConfigError(f"{st.name}{REPEAT_SUFFIX} already repeats seeds {before}; bench repeat --seeds "
-                              f"{len(before)} resumes it (to change the count, delete that study first)")
-        spec = StudySpec(experiment=experiment, study_name=st.name + REPEAT_SUFFIX, kind="grid",
-                         description=f"fresh-seed repeats of {st.name}'s selected cell {st.selected}",
-                         trial=config, grid={"train.seed": fresh})
-        plans.append(RepeatPlan(st.name, st.parent_run_id, st.selected, fresh, spec))
+        for cond, cell in selected_cells(st).items():
+            label = facet_label(json.loads(cond))
+            name = st.name + REPEAT_SUFFIX + (f"[{label}]" if label else "")
+            chosen = grid[grid["cell"] == cell].sort_values("run_id")
+            config = _config(client, chosen["run_id"].iloc[0])
+            before = _earlier_seeds(client, st.experiment_id, name)
+            if before is not None and before != fresh:
+                raise ConfigError(f"{name} already repeats seeds {before}; bench repeat --seeds "
+                                  f"{len(before)} resumes it (to change the count, delete that study first)")
+            spec = StudySpec(experiment=experiment, study_name=name, kind="grid",
+                             description=f"fresh-seed repeats of {st.name}'s selected cell {cell}",
+                             trial=config, grid={"train.seed": fresh})
+            plans.append(RepeatPlan(st.name, st.parent_run_id, cell, fresh, spec))
     if not plans:
         raise ConfigError(f"experiment {experiment!r} has no study with a selected cell to repeat "
                           "(no finished run recorded a selection score)")
