@@ -33,6 +33,8 @@ def _panels(pdf_texts: list[str], data: pd.DataFrame, name: str) -> int:
         return len(data.groupby(["study", "facet"], dropna=False))
     if name.startswith("study_") and name.endswith("_slice"):
         return sum(c.startswith("param:") for c in data)
+    if "condition" in data:  # Recall@K and convergence: a panel per dataset and condition value
+        return len(data.groupby(["dataset", "condition"], dropna=False))
     return data["dataset"].nunique() if "dataset" in data else 1
 
 
