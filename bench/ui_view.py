@@ -36,16 +36,17 @@ def column(kind: str, key: str) -> str:
 
 
 #: Widths (px) that show a header and a value such as ``0.364583`` whole.
-PARAM_WIDTH, METRIC_WIDTH, STUDY_WIDTH = 110, 150, 220
+PARAM_WIDTH, METRIC_WIDTH, STUDY_WIDTH = 110, 150, 240
 
 
 def view_state(axes: list[str], parent_ids: list[str], metrics: list[str]) -> dict[str, Any]:
-    """The runs-table state of one experiment: axes and metrics as columns (the study's name
-    too when the experiment holds several), parents expanded, sorted on the first metric."""
+    """The runs-table state of one experiment: the metrics, then the study's name (when the
+    experiment holds several) and the axes as columns, parents expanded, sorted on the
+    first metric."""
     study = [column("tags", "bench.study")] if len(parent_ids) > 1 else []
     params = [column("params", a) for a in axes]
     mets = [column("metrics", m) for m in metrics]
-    cols = study + params + mets
+    cols = mets + study + params  # the numbers first: visible without scrolling however many axes follow
     widths = {RUN_NAME_COLUMN: RUN_NAME_WIDTH, **{c: STUDY_WIDTH for c in study}, **{c: PARAM_WIDTH for c in params},
               **{c: METRIC_WIDTH for c in mets}}
     state: dict[str, Any] = {

@@ -204,8 +204,8 @@ def test_default_view_names_the_axes_and_both_r1_and_expands_the_parents():
     views = default_views(fetch)
     assert list(views) == ["7"]
     v = views["7"]
-    assert v["selectedColumns"] == ["params.`loss.alpha`", "params.`loss.delta`", "metrics.`val_recall_at_1`",
-                                    "metrics.`test_recall_at_1`"]  # the seed is a repeat, not an axis
+    assert v["selectedColumns"] == ["metrics.`val_recall_at_1`", "metrics.`test_recall_at_1`", "params.`loss.alpha`",
+                                    "params.`loss.delta`"]  # the seed is a repeat, not an axis
     assert v["runsExpanded"] == {"p1": True} and v["orderByKey"] == "metrics.`val_recall_at_1`"
     assert v["columnWidths"]["attributes.`Run Name`"] >= 200 and v["columnOrder"][0] == "attributes.`Run Name`"
     script = seed_script(views).decode()
