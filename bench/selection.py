@@ -85,3 +85,35 @@ def group_scores(rows: Iterable[tuple[K, float]]) -> dict[K, list[float]]:
     for cell, score in rows:
         out.setdefault(cell, []).append(score)
     return out
+
+
+def condition_of(cell: Mapping[str, Any] | str, conditions: Sequence[str]) -> str:
+    """The condition a cell was run under (canonical JSON of its condition axes' values).
+
+    Conditions (``conditions:`` of a study file; the ``data.*`` axes by default) are settings
+    a reader compares across, such as the label noise rate or the dataset: a cell is selected
+    per condition value, never across them."""
+    if isinstance(cell, str):
+        cell = json.loads(cell) if cell else {}
+    return json.dumps({k: v for k, v in cell.items() if k in conditions}, sort_keys=True)
+
+
+def select_per_condition(scores: Mapping[str, Sequence[float]], conditions: Sequence[str]) -> dict[str, str]:
+    """:func:`select_cell` within each condition value: condition JSON -> selected cell JSON
+    (``{"{}": cell}`` without conditions), in the numeric order of the condition values."""
+    groups: dict[str, dict[str, Sequence[float]]] = {}
+    for cell, vals in scores.items():
+        groups.setdefault(condition_of(cell, conditions), {})[cell] = vals
+    out = {}
+    for cond in sorted(groups, key=cell_order):
+        chosen = select_cell(groups[cond])
+        if chosen is not None:
+            out[cond] = chosen
+    return out
+
+
+def default_conditions(axes: Sequence[str], declared: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The condition axes of a study: those it declares, else every ``data.*`` axis."""
+    if declared is not None:
+        return tuple(a for a in axes if a in declared)
+    return tuple(a for a in axes if a.startswith("data."))

@@ -8,6 +8,11 @@ own server through this front, which passes every request through unchanged and 
 line to the UI's page: set that entry to Model training **if the browser has none yet**.
 A reader who switches to GenAI keeps that choice; everything else is MLflow's.
 
+The same page also gets each bench experiment's default runs-table state
+(:mod:`bench.ui_view`: the study's axes and validation/test R@1 as columns, the parents
+expanded, cells sorted by validation R@1), again only for a browser that has no state for
+that experiment yet: MLflow has no server setting for default columns either.
+
 Why by hand: the switch lives in the browser, and MLflow has no server setting for it;
 this uses only MLflow's public HTTP interface (no patching of its code or bundle).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 #: The UI's local-storage key (``<key>_v<version>``) and its JSON value for Model training.
@@ -30,12 +36,42 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 CHUNK = 1 << 16
 
 
-def inject(page: bytes) -> bytes:
-    """The UI's HTML page with the default-mode script first in ``<head>``."""
+def inject(page: bytes, extra: bytes = b"") -> bytes:
+    """The UI's HTML page with the default-mode script (and ``extra``) first in ``<head>``."""
+    script = DEFAULT_MODE_SCRIPT + extra
     head = page.find(b"<head>")
     if head < 0:
-        return DEFAULT_MODE_SCRIPT + page
-    return page[: head + 6] + DEFAULT_MODE_SCRIPT + page[head + 6:]
+        return script + page
+    return page[: head + 6] + script + page[head + 6:]
+
+
+def upstream_json(host: str, port: int) -> Callable[[str, dict], dict]:
+    """``fetch(path, body)``: a POST of JSON to MLflow's REST API, its JSON answer ({} on error)."""
+    import json
+
+    def fetch(path: str, body: dict) -> dict:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            return json.loads(data) if resp.status == 200 else {}
+        except (OSError, ValueError, http.client.HTTPException):
+            return {}
+        finally:
+            conn.close()
+
+    return fetch
+
+
+def view_script(host: str, port: int) -> bytes:
+    """The default runs-table state of every bench experiment, as a script (empty on any error)."""
+    from bench.ui_view import default_views, seed_script
+
+    try:
+        return seed_script(default_views(upstream_json(host, port)))
+    except Exception:  # the UI works without it, as MLflow's own
+        return b""
 
 
 def make_handler(upstream_host: str, upstream_port: int) -> type[BaseHTTPRequestHandler]:
@@ -58,7 +94,7 @@ def make_handler(upstream_host: str, upstream_port: int) -> type[BaseHTTPRequest
                 resp = upstream.getresponse()
                 out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
                 if page and resp.status == 200 and "text/html" in (resp.getheader("Content-Type") or ""):
-                    data = inject(resp.read())
+                    data = inject(resp.read(), view_script(upstream_host, upstream_port))
                     out = [(k, v) for k, v in out if k.lower() not in ("content-length", "etag", "last-modified")]
                     self._send(resp.status, resp.reason, out + [("Content-Length", str(len(data)))], [data])
                 elif resp.getheader("Content-Length") is not None:

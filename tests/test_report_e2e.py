@@ -148,6 +148,9 @@ def test_repeat_retrains_the_selected_cell_with_fresh_seeds_once(store):
     assert (r1["source"], r1["n"]) == ("repeats", 2)
     assert r1["mean"] == pytest.approx(rep["metrics.test_recall_at_1"].astype(float).mean(), abs=1e-6)
     assert "fresh-seed repeats" in (tmp / "rep2" / "recall_at_k.txt").read_text()
+    # bench repeat ended with the cell's mean and interval over its repeats, the report's numbers
+    assert err[-1].startswith("alr {") and f"test R@1 {r1['mean']:.4f} ± {(r1['ci_high'] - r1['ci_low']) / 2:.4f}" in err[-1]
+    assert "(n = 2 fresh seeds, 95 % Student-t interval)" in err[-1]
     # the heatmap still draws the grid's own runs
     assert set(pd.read_csv(tmp / "rep2" / "heatmap_alpha_lr.csv")["n"]) == {1}
     # resumable and exactly once; another count is refused with the way out
@@ -164,7 +167,10 @@ def test_study_plots_from_the_storage_or_rebuilt_from_the_tracking_store(store, 
     run_study(spec, settings, progress=False)
     res = build_report(settings.tracking_uri, "tpe", tmp_path / "a", storage=settings.storage, log_artifacts=False)
     names = {f for f in res["files"] if f.startswith("study_")}
-    assert {f"study_tpe_{k}.{e}" for k in ("history", "importances", "slice", "contour") for e in ("png", "pdf", "csv")} <= names
+    assert {f"study_tpe_{k}.{e}" for k in ("history", "importances", "slice") for e in ("png", "pdf", "csv")} <= names
+    # 4 complete trials are too few to interpolate a surface from: said instead of drawn
+    assert not any("contour" in f for f in names)
+    assert any("no contour plot, 4 complete trials" in w for w in res["warnings"])
     history = pd.read_csv(tmp_path / "a" / "study_tpe_history.csv")
     assert len(history) == 4 and "the Optuna storage" in (tmp_path / "a" / "study_tpe_history.txt").read_text()
     # storage gone: rebuilt from the tracking store; here inside a comparison with the grid
@@ -204,3 +210,26 @@ def test_demo_all_runs_every_figure_study_and_links_every_report(tmp_path, monke
     assert set(rk["source"]) == {"repeats"}  # the file's repeat: block ran after its grid
     index = (tmp_path / "reports" / "index.html").read_text()
     assert 'href="fa/index.html"' in index and 'href="fb/index.html"' in index
+
+
+def test_a_condition_gets_its_own_selected_cell_and_repeats(tmp_path):
+    """Noise rate is a condition: each noise rate's best cell is repeated, the headline has a
+    row per noise rate from its own repeats."""
+    from conftest import TINY
+
+    settings = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"),
+                        storage=f"sqlite:///{tmp_path}/optuna.db", trial={**TINY, "train": {**TINY["train"], "epochs": 1}})
+    out = run_study(StudySpec(experiment="noisy", grid={"data.noise_rate": [0.0, 0.2], "loss.alpha": [8.0, 32.0]}),
+                    settings, progress=False)
+    assert out.completed == 4
+    code, err = cli(settings, "repeat", "--experiment", "noisy", "--seeds", "1", "--no-progress")
+    assert code == 0, err
+    runs = runs_of(settings, "noisy")
+    rep = runs[runs["tags.bench.repeat_study"].notna()]
+    assert sorted(json.loads(c)["data.noise_rate"] for c in rep["tags.bench.repeat_of"]) == [0.0, 0.2]
+    assert len(err) >= 2 and all(line.startswith("noisy {") for line in err[-2:])  # one closing line per cell
+    build_report(settings.tracking_uri, "noisy", tmp_path / "rep", log_artifacts=False)
+    rk = pd.read_csv(tmp_path / "rep" / "recall_at_k.csv")
+    r1 = rk[rk["k"] == 1].sort_values("condition")
+    assert r1["condition"].tolist() == ["noise_rate=0", "noise_rate=0.2"] and set(r1["source"]) == {"repeats"}
+    assert sorted(r1["cell"]) == sorted(set(rep["tags.bench.repeat_of"]))

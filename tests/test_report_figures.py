@@ -1,5 +1,6 @@
 """Figures draw exactly the numbers in their CSVs, in paper form (hand-made runs, no training)."""
 
+import json
 import math
 import re
 import zlib
@@ -137,20 +138,49 @@ def test_recall_table_overlays_published_numbers_for_a_comparable_study():
     assert t[t["k"] == 2].iloc[0]["published"] == 79.6
 
 
-def test_tables_bold_the_best_of_each_column_with_the_interval():
+def test_tables_bold_the_best_only_where_it_is_clear_of_the_others_intervals():
     data = pd.DataFrame([
         {"dataset": "d", "study": "a", "label": "A", "source": "repeats", "k": 1, "n": 3, "mean": 0.7,
          "ci_low": 0.69, "ci_high": 0.71, "published": math.nan},
         {"dataset": "d", "study": "b", "label": "B_x", "source": "repeats", "k": 1, "n": 3, "mean": 0.65,
-         "ci_low": 0.6, "ci_high": 0.7, "published": 68.4},
+         "ci_low": 0.6, "ci_high": 0.68, "published": 68.4},
         {"dataset": "d", "study": "a", "label": "A", "source": "repeats", "k": 2, "n": 3, "mean": 0.8,
          "ci_low": float("nan"), "ci_high": float("nan"), "published": math.nan},
-        {"dataset": "d", "study": "b", "label": "B_x", "source": "repeats", "k": 2, "n": 3, "mean": 0.8,
-         "ci_low": 0.79, "ci_high": 0.81, "published": math.nan},
+        {"dataset": "d", "study": "b", "label": "B_x", "source": "repeats", "k": 2, "n": 3, "mean": 0.79,
+         "ci_low": 0.7, "ci_high": 0.85, "published": math.nan},
+        {"dataset": "d", "study": "a", "label": "A", "source": "repeats", "k": 4, "n": 3, "mean": 0.9,
+         "ci_low": 0.85, "ci_high": 0.95, "published": math.nan},
+        {"dataset": "d", "study": "b", "label": "B_x", "source": "repeats", "k": 4, "n": 3, "mean": 0.88,
+         "ci_low": 0.8, "ci_high": 0.9, "published": math.nan},
     ])
     md, tex = recall_tables(data)
-    assert "| A | 3 | repeats | **70.0 ± 1.0** | **80.0** |" in md
-    assert "| B_x | 3 | repeats | 65.0 ± 5.0 | **80.0 ± 1.0** |" in md  # ties are both bold
-    assert "| published (B_x) | | paper | 68.4 | – |" in md
-    assert r"B\_x & 65.0 $\pm$ 5.0 & \textbf{80.0 $\pm$ 1.0} \\" in tex
+    # R@1: A's interval is above B's, bold; R@2: the best has no interval; R@4: the intervals overlap
+    assert "| A | 3 | repeats | **70.0 ± 1.0** | 80.0 | 90.0 ± 5.0 |" in md
+    assert "| B_x | 3 | repeats | 65.0 ± 4.0 | 79.0 ± 7.5 | 88.0 ± 5.0 |" in md
+    assert "| published (B_x) | | paper | 68.4 | – | – |" in md
+    assert r"A & \textbf{70.0 $\pm$ 1.0} & 80.0 & 90.0 $\pm$ 5.0 \\" in tex
+    assert "Bold: the best mean of a column, only where its 95 % interval lies above every other" in md
 
+
+def test_hierarchy_pairs_only_within_an_experiment_and_marks_selection_runs_hollow(tmp_path):
+    from report_helpers import run as one_run
+
+    from bench.report.figures.hierarchy import hierarchy_figure, pairs
+    from bench.report.runs import assemble
+
+    def rows(exp_tag, repeats):
+        out = [one_run(f"{exp_tag}.h", {"loss.weights": w}, test=0.6 + w / 10, val=0.7 + w / 10,
+                       loss="hierarchical(proxy_anchor)") for w in (0.1, 1.0)]
+        out += [one_run(f"{exp_tag}.pa", {"train.seed": s}, test=0.6, val=0.7) for s in (0, 1)]
+        if repeats:
+            out += [one_run(f"{exp_tag}.h", {"loss.weights": 1.0, "train.seed": s}, test=0.7 + s / 100, val=0.8,
+                            loss="hierarchical(proxy_anchor)", repeat_of=json.dumps({"loss.weights": 1.0}))
+                    for s in (5, 6)]
+        return pd.DataFrame(out)
+
+    rs = assemble([("a", "1", rows("a", True), {}), ("b", "2", rows("b", False), {})])
+    found = pairs(rs)
+    assert sorted(found) == [("a/a.pa", "a/a.h"), ("b/b.pa", "b/b.h")]  # never a's wrapper with b's base
+    fig = hierarchy_figure(rs, tmp_path)
+    assert set(fig.data["source"]) == {"repeats", "selection"}
+    assert "Filled markers: fresh-seed repeats; hollow: the selection runs" in fig.caption

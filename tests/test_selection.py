@@ -28,3 +28,20 @@ def test_epochs_move_only_on_strict_improvement():
 def test_seed_is_a_repeat_not_a_cell():
     assert cell_of({"loss.alpha": 8, "train.seed": 3}) == cell_of({"train.seed": 0, "loss.alpha": 8})
     assert cell_of({"loss.alpha": 8, "train.lr": 1e-3}, repeat_axes=("train.lr",)) == '{"loss.alpha": 8}'
+
+
+def test_cells_are_selected_per_condition_never_across_conditions():
+    import json
+
+    from bench.selection import condition_of, default_conditions, select_per_condition
+
+    def cell(noise, alpha):
+        return json.dumps({"data.noise_rate": noise, "loss.alpha": alpha}, sort_keys=True)
+
+    scores = {cell(0.0, 8): [0.9], cell(0.0, 32): [0.8], cell(0.4, 8): [0.5], cell(0.4, 32): [0.6]}
+    by = select_per_condition(scores, ["data.noise_rate"])
+    assert by == {condition_of(cell(0.0, 8), ["data.noise_rate"]): cell(0.0, 8),
+                  condition_of(cell(0.4, 8), ["data.noise_rate"]): cell(0.4, 32)}  # not noise 0 for both
+    assert select_per_condition(scores, []) == {"{}": cell(0.0, 8)}
+    assert default_conditions(["loss.alpha", "data.noise_rate"]) == ("data.noise_rate",)
+    assert default_conditions(["train.batch_size", "data.noise_rate"], ["train.batch_size"]) == ("train.batch_size",)

@@ -100,18 +100,31 @@ def test_bench_ui_serves_the_store(ui):
     from bench.ui_front import DEFAULT_MODE_SCRIPT
 
     assert page.count(DEFAULT_MODE_SCRIPT) == 1  # Model training by default, for a browser with no choice yet
+    # and the runs table's default columns for this experiment: its axes and both R@1
+    assert b"params.`loss.alpha`" in page and b"metrics.`test_recall_at_1`" in page and b"runsExpanded" in page
     with urllib.request.urlopen(f"{base}/static-files/favicon.ico", timeout=5) as r:  # passed through untouched
         assert r.status == 200 and DEFAULT_MODE_SCRIPT not in r.read()
 
 
+def _store_runs(root: Path):
+    from mlflow import MlflowClient
+
+    from bench.tracking import runs_frame
+
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    return runs_frame(client, [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`bench.role` = 'trial'")
+
+
 @pytest.mark.browser
 def test_a_reader_finds_the_study_in_the_mlflow_ui(ui, browser, capsys):
-    """Experiments list -> the experiment's runs table (parent and its four named trials)
-    -> the parent run -> its artifacts, where the report's heatmap is listed."""
-    base, _ = ui
+    """Experiments list -> the experiment's runs table, which shows each cell's axes and its
+    validation and test R@1 without a click -> the parent run -> its artifacts, where the
+    report's index.html shows every image inside MLflow's artifact viewer."""
+    base, root = ui
     shots = artifacts_dir()
     with capsys.disabled():
         print(f"\nMLflow UI screenshots: {shots}")
+    runs = _store_runs(root)
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(60_000)
     try:
@@ -123,14 +136,28 @@ def test_a_reader_finds_the_study_in_the_mlflow_ui(ui, browser, capsys):
         grid = page.get_by_role("grid")
         parent = grid.get_by_role("link", name=EXPERIMENT, exact=True)  # the parent run, named after its study
         parent.wait_for()
-        assert "/runs" in page.url
-        # A study is one collapsed row: its expander sits in the parent's run-name cell.
-        parent.locator("xpath=ancestor::*[@role='gridcell'][1]").get_by_role("button").click()
-        for name in CHILDREN:
-            grid.get_by_role("link", name=name, exact=True).wait_for()
+        assert "/runs" in page.url and "orderByKey=metrics.%60val_recall_at_1%60" in page.url
+        for name in CHILDREN:  # no click: every cell is a row, its name shown whole
+            link = grid.get_by_role("link", name=name, exact=True)
+            link.wait_for()
+            assert page.evaluate("el => el.scrollWidth <= el.clientWidth + 1", link.element_handle())
         assistant = page.get_by_role("button", name="Close")  # MLflow's chat panel, for wider screenshots
         if assistant.count() == 1:
             assistant.click()
+        headers = page.eval_on_selector_all(".ag-header-cell[col-id]", "els => els.map(e => e.getAttribute('col-id'))")
+        for col in ("params.`loss.alpha`", "params.`loss.delta`", "metrics.`val_recall_at_1`",
+                    "metrics.`test_recall_at_1`"):
+            assert col in headers, headers
+        for _, r in runs.iterrows():  # each child row: its cell's axes and both R@1, as the store has them
+            name = grid.get_by_role("link", name=r["tags.mlflow.runName"], exact=True)
+            row_index = page.evaluate("el => el.closest('[role=row]').getAttribute('row-index')", name.element_handle())
+            row = page.locator(f".ag-center-cols-container [role=row][row-index='{row_index}']")
+            cell = json.loads(r["tags.bench.cell"])
+            assert float(row.locator("[col-id='params.`loss.alpha`']").inner_text()) == cell["loss.alpha"]
+            assert float(row.locator("[col-id='params.`loss.delta`']").inner_text()) == cell["loss.delta"]
+            for m in ("val_recall_at_1", "test_recall_at_1"):
+                shown = row.locator(f"[col-id='metrics.`{m}`']").inner_text()
+                assert abs(float(shown) - float(r[f"metrics.{m}"])) < 1e-6, (m, shown)
         page.screenshot(path=shots / "experiment.png")
 
         parent.click()
@@ -143,8 +170,58 @@ def test_a_reader_finds_the_study_in_the_mlflow_ui(ui, browser, capsys):
         preview = page.get_by_role("img", name=f"report/{HEATMAP}")
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=preview.element_handle())
         page.screenshot(path=shots / "parent_artifacts.png")
+
+        page.get_by_text("index.html", exact=True).click()  # the report itself, in MLflow's HTML viewer
+        page.frame_locator("iframe.mlflow-html-iframe").locator("h1").wait_for()
+        frame = next(f for f in page.frames if f.url.startswith("blob:"))
+        frame.wait_for_function("Array.from(document.images).every(i => i.complete)")
+        images = frame.evaluate("Array.from(document.images).map(i => [i.alt, i.naturalWidth])")
+        assert len(images) >= 2 and all(w > 0 for _, w in images), images
+        hrefs = frame.evaluate("Array.from(document.querySelectorAll('a[data-run]')).map(a => a.href)")
+        assert hrefs and all(h.startswith(f"{base}/#/experiments/") for h in hrefs), hrefs[:3]
+        page.screenshot(path=shots / "report_in_mlflow.png")
     except Exception:
         page.screenshot(path=shots / "failure.png")
         raise
     finally:
         page.close()
+
+
+def test_default_view_names_the_axes_and_both_r1_and_expands_the_parents():
+    from bench.ui_view import default_views, seed_script
+
+    def fetch(path, body):
+        if path.endswith("experiments/search"):
+            return {"experiments": [{"experiment_id": "7"}, {"experiment_id": "8"}]}
+        if body["experiment_ids"] == ["8"]:
+            return {}  # not a bench experiment: left to MLflow's defaults
+        if "'trial'" in body["filter"]:
+            return {"runs": [{"data": {"tags": [{"key": "bench.cell", "value": json.dumps(
+                {"loss.alpha": a, "train.seed": 0, "loss.delta": 0.1})}], "metrics": [
+                {"key": "val_recall_at_1"}, {"key": "test_recall_at_1"}]}} for a in (8, 32)]}
+        return {"runs": [{"info": {"run_id": "p1"}}]}
+
+    views = default_views(fetch)
+    assert list(views) == ["7"]
+    v = views["7"]
+    assert v["selectedColumns"] == ["metrics.`val_recall_at_1`", "metrics.`test_recall_at_1`", "params.`loss.alpha`",
+                                    "params.`loss.delta`"]  # the seed is a repeat, not an axis
+    assert v["runsExpanded"] == {"p1": True} and v["orderByKey"] == "metrics.`val_recall_at_1`"
+    assert v["columnWidths"]["attributes.`Run Name`"] >= 200 and v["columnOrder"][0] == "attributes.`Run Name`"
+    script = seed_script(views).decode()
+    assert "if(!localStorage.getItem(k))" in script and "MLflowLocalStorage-1.1-ExperimentPage-" in script
+    assert seed_script({}) == b""
+
+
+def test_the_logged_index_embeds_its_images(tmp_path):
+    import base64
+
+    from bench.report.index import self_contained
+
+    png = b"\x89PNG\r\n\x1a\nfake"
+    (tmp_path / "a.png").write_bytes(png)
+    (tmp_path / "index.html").write_text('<html><body><img src="a.png" alt="a"><a href="a.pdf" data-file="a.pdf">'
+                                         "a.pdf</a></body></html>")
+    page = self_contained(tmp_path, "run1", "report")
+    assert 'src="data:image/png;base64,' + base64.b64encode(png).decode() + '"' in page and 'src="a.png"' not in page
+    assert 'data-parent-run="run1"' in page and 'data-artifact-dir="report"' in page and "get-artifact" in page

@@ -24,6 +24,9 @@ def test_dashboard_serves_the_studies(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="dash-check", storage=storage, direction="maximize")
     study.optimize(lambda t: t.suggest_float("loss.alpha", 4, 64), n_trials=3)
+    bench = optuna.create_study(study_name="bench-grid", storage=storage, direction="maximize")
+    bench.set_user_attr("spec", {"kind": "grid", "grid": {"loss.alpha": [4]}})
+    bench.optimize(lambda t: t.suggest_categorical("loss.alpha", [4]), n_trials=1)
     port, log = free_port(), tmp_path / "dashboard.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--port", str(port), "--storage", storage],
@@ -37,8 +40,11 @@ def test_dashboard_serves_the_studies(tmp_path):
             except OSError:
                 time.sleep(0.3)
         assert body is not None, log.read_text()[-3000:]
-        (row,) = body["study_summaries"]
-        assert row["study_name"] == "dash-check"
+        assert {r["study_name"] for r in body["study_summaries"]} == {"dash-check", "bench-grid"}
+        # the bench study's objective is named for the dashboard; a foreign study is left alone
+        assert optuna.load_study(study_name="bench-grid", storage=storage).metric_names == [
+            "validation R@1 (selection metric)"]
+        assert optuna.load_study(study_name="dash-check", storage=storage).metric_names is None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=10) as r:
             assert r.status == 200 and b"<html" in r.read(2000).lower()
         assert f"http://127.0.0.1:{port}/" in log.read_text()

@@ -3,6 +3,8 @@
 Optuna's own web UI over every study in the storage: optimisation history, parameter
 importances, slice and contour plots, trial tables; live while a grid or search runs.
 It needs the ``viz`` extra (``pip install -e '.[viz]'``; ``./dev.sh`` installs it).
+Before serving, every bench study without metric names gets its objective named
+(``validation R@1 (selection metric)``), so the dashboard never says "Objective 0".
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
         def log_message(self, *a) -> None:  # one line per request would bury the URL
             pass
 
-    app = optuna_dashboard.wsgi(make_storage(url, create=False))
+    from bench.studies.summary import name_objectives
+
+    storage = make_storage(url, create=False)
+    name_objectives(storage)
+    app = optuna_dashboard.wsgi(storage)
     try:
         httpd = make_server(args.host, args.port, app, server_class=Server, handler_class=Handler)
     except OSError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from bench.cli.common import add_store_options, settings_from
 
@@ -47,4 +48,8 @@ def run(args: argparse.Namespace) -> int:
     except ReportInputError as e:
         raise UsageError(str(e)) from None
     print(json.dumps(rows, indent=2))
+    from bench.studies.repeat import stats_line
+
+    for row in rows:  # the headline: each selected cell's mean and interval over its repeats
+        print(stats_line(row), file=sys.stderr)
     return 0

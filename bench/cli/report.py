@@ -27,7 +27,8 @@ def register(sub) -> None:
     rep.add_argument("--where", action="append", metavar="AXIS=VALUE",
                      help="fix an axis before drawing, e.g. --where train.lr=0.001 (repeatable)")
     rep.add_argument("--ui-url", help="MLflow UI address to link run ids into (default: bench.yaml ui_url / "
-                                      "$BENCH_UI_URL; none: plain ids)")
+                                      "$BENCH_UI_URL, else a tracking server's own address, else bench ui's "
+                                      "http://127.0.0.1:5000)")
     rep.add_argument("--no-log", action="store_true", help="do not log the report on the studies' parent runs")
     add_store_options(rep)
     rep.set_defaults(fn=run)
@@ -55,13 +56,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--axes takes one or two axes, got {len(args.axes)}; fix the others with --where AXIS=VALUE")
     check_stores(s.tracking_uri, create=False)
     from bench.report import ReportInputError, build_report, default_out
+    from bench.report.index import default_ui_url
     from bench.report.output import check_inside
 
     if args.out is None:  # reports/<name>: proven to lie inside reports/ before it is replaced
         check_inside(default_out(args.experiment), Path("reports"), "--experiment")
     try:
         res = build_report(s.tracking_uri, args.experiment, args.out, axes=args.axes, where=where,
-                           storage=s.storage, ui_url=args.ui_url or os.environ.get("BENCH_UI_URL") or s.ui_url,
+                           storage=s.storage, ui_url=(args.ui_url or os.environ.get("BENCH_UI_URL") or s.ui_url
+                                   or default_ui_url(s.tracking_uri)),
                            log_artifacts=not args.no_log)
     except ReportInputError as e:
         raise UsageError(str(e)) from None

@@ -79,7 +79,7 @@ def _studies(storage) -> dict[str, Any]:
 
 def describe(study) -> dict[str, Any]:
     """What ``list`` and ``show`` print: the study's settings as recorded, counts, selection."""
-    from bench.studies.summary import repeat_axes, selected_cell, state_counts
+    from bench.studies.summary import repeat_axes, selected_cell, state_counts, tie_break_note
 
     spec = study.user_attrs.get(ATTR_SPEC) or {}
     base = study.user_attrs.get(ATTR_BASE_TRIAL) or {}
@@ -97,6 +97,7 @@ def describe(study) -> dict[str, Any]:
     out["failures"] = [{"trial": t.number, "params": t.params, "reason": t.user_attrs.get(ATTR_FAILURE_REASON, "")}
                        for t in trials if t.state.name == "FAIL"]
     out["selected"] = selected_cell(study) or None
+    out["tie_break"] = tie_break_note(study)
     return out
 
 
@@ -109,8 +110,9 @@ def run_list(args: argparse.Namespace) -> int:
         print("no studies in the study storage yet")
         return 0
     table = [{"study": r["study"], "experiment": r["experiment"], "kind": r["kind"], **r["trials"],
-              "selected R@1": (r["selected"] or {}).get("value"), "on": r["select_on"]} for r in rows]
-    cols = ["study", "experiment", "kind", "complete", "pruned", "failed", "running", "selected R@1", "on"]
+              "selected R@1": (r["selected"] or {}).get("value"), "on": r["select_on"],
+              "test R@1": (r["selected"] or {}).get("test_recall_at_1")} for r in rows]
+    cols = ["study", "experiment", "kind", "complete", "pruned", "failed", "running", "selected R@1", "on", "test R@1"]
     print_table(table, cols)
     return 0
 
@@ -143,6 +145,8 @@ def run_show(args: argparse.Namespace) -> int:
                           f"trial {sel['number']}{run}"))
     else:
         lines.append(("selected", "none yet (no complete trial)"))
+    if d.get("tie_break"):
+        lines.append(("tie-break", d["tie_break"]))
     for f in d["failures"][:5]:
         lines.append(("failed", f"trial {f['trial']} ({_cell(f['params'])}): "
                                 f"{f['reason'][:200] or 'no reason recorded'}"))
@@ -176,8 +180,10 @@ def studies_to_delete(studies: dict[str, Any], name: str) -> list[str]:
         roots = [name]
     else:
         roots = sorted(n for n, st in studies.items()
-                       if (st.user_attrs.get(ATTR_SPEC) or {}).get("experiment") == name and not n.endswith(REPEAT_SUFFIX))
+                       if (st.user_attrs.get(ATTR_SPEC) or {}).get("experiment") == name
+                       and not n.endswith(REPEAT_SUFFIX) and REPEAT_SUFFIX + "[" not in n)
     names = [n for r in roots for n in (r, r + REPEAT_SUFFIX) if n in studies]
+    names += [n for r in roots for n in sorted(studies) if n.startswith(r + REPEAT_SUFFIX + "[")]  # per condition
     return list(dict.fromkeys(names))
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from bench.record import names as n
-from bench.selection import DEFAULT_REPEAT_AXES, cell_of, group_scores, score_name, select_cell
+from bench.selection import (DEFAULT_REPEAT_AXES, cell_of, default_conditions, group_scores, score_name, select_cell,
+                             select_per_condition)
 
 #: Kept importable for callers of bench.report.runs; the names live in bench.record.names.
 REPEAT_OF, REPEAT_STUDY = n.BENCH_REPEAT_OF, n.BENCH_REPEAT_STUDY
@@ -56,6 +57,7 @@ class Study:
     label: str = ""                # unique display name within the report
     selected: str | None = None    # the selected cell (canonical JSON), by bench.selection
     notes: list[str] = field(default_factory=list)
+    conditions: tuple[str, ...] = ()  # axes selected per value of, never over (study.yaml's conditions:, data.*)
 
     @property
     def key(self) -> str:
@@ -290,6 +292,7 @@ def _study(name: str, experiment: str, experiment_id: str, parent_id: str | None
     datasets = sorted(g.get(n.param_column(n.PARAM_DATA_NAME), pd.Series(dtype=object)).dropna().astype(str).unique())
     return Study(name=name, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent_id,
                  kind=kind, axes=axes, repeat_axes=repeat_axes, select_on=select_on,
+                 conditions=default_conditions(axes, spec.get("conditions") if "conditions" in spec else None),
                  space=dict(spec.get("space") or {}), loss=losses[0] if len(losses) == 1 else "",
                  dataset=datasets[0] if len(datasets) == 1 else "")
 
@@ -305,11 +308,18 @@ def _select(st: Study, runs: pd.DataFrame) -> None:
 
 
 def _drop_foreign_repeats(runs: pd.DataFrame, studies: dict[str, Study]) -> None:
-    """Repeats of a cell that is no longer the selected one (the grid grew, a failed cell was
-    retried) say nothing about the selection: left out, with a note."""
+    """Repeats of a cell that is no longer a selected one (the grid grew, a failed cell was
+    retried) say nothing about the selection: left out, with a note. With conditions, each
+    condition value's selected cell keeps its repeats."""
     for key, st in studies.items():
         rep = (runs["study"] == key) & (runs["role"] == "repeat")
-        stale = rep & (runs["cell"] != st.selected)
+        g = runs[(runs["study"] == key) & (runs["role"] == "grid")]
+        metric = f"metrics.{score_name(st.select_on)}"
+        keep = {st.selected}
+        if st.conditions and metric in g:
+            keep |= set(select_per_condition(group_scores(zip(g["cell"], pd.to_numeric(g[metric], errors="coerce"))),
+                                             st.conditions).values())
+        stale = rep & ~runs["cell"].isin(keep)
         if stale.any():
             runs.loc[stale, "keep"] = False
             st.notes.append(f"{int(stale.sum())} repeat run(s) of another cell than the selected one left out")

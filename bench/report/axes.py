@@ -158,3 +158,13 @@ def log_base(values: Sequence[Any]) -> int | None:
         return None
     return 2 if all(float(v).is_integer() for v in nums) else 10
 
+
+
+def in_axis_order(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``table``'s rows in numeric order of ``columns`` (the first one slowest), whatever
+    order the runs came in, so a CSV reads like the grid it describes."""
+    if table.empty:
+        return table.reset_index(drop=True)
+    keys = [tuple(value_order(r[c]) for c in columns) for _, r in table.iterrows()]
+    order = sorted(range(len(table)), key=lambda i: keys[i])
+    return table.iloc[order].reset_index(drop=True)

@@ -38,16 +38,8 @@ def build_report(tracking_uri: str, experiments: str | Sequence[str], out: str |
     """
     from bench.report.artifacts import log_report
     from bench.report.axes import plan_axes
-    from bench.report.figures.convergence import convergence_figure
-    from bench.report.figures.heatmap import heatmap_figures
-    from bench.report.figures.hierarchy import hierarchy_figure
-    from bench.report.figures.lines import line_figures
-    from bench.report.figures.recall import recall_figure
-    from bench.report.figures.study import study_figures
-    from bench.report.index import write_index
-    from bench.report.output import atomic_folder, check_destination, write_figure_files
+    from bench.report.output import atomic_folder, check_destination
     from bench.report.runs import load_runset, open_store
-    from bench.report.tables import write_recall_tables
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     if not experiments:
@@ -59,26 +51,50 @@ def build_report(tracking_uri: str, experiments: str | Sequence[str], out: str |
     plans, notes = plan_axes(rs, axes, where)
 
     with atomic_folder(out) as tmp:
-        figures = heatmap_figures(plans, tmp) + line_figures(rs, plans, tmp)
-        recall = recall_figure(rs, tmp)
-        if recall is not None:
-            recall.files += write_recall_tables(recall.data, tmp, recall.name)
-            figures.append(recall)
-        figures += [f for f in (hierarchy_figure(rs, tmp), convergence_figure(client, rs, tmp)) if f is not None]
-        study_figs, study_notes = study_figures(rs, tmp, storage)
-        figures += study_figs
-        for f in figures:
-            write_figure_files(f, tmp)
-        extra = (tmp / f"{recall.name}.md").read_text() if recall is not None else ""
-        index = write_index(rs, figures, notes + study_notes, tmp, ui_url,
-                            extra_md=f"## Recall@K (%) at the selected cells\n\n{extra}" if extra else "")
+        figures, index, more_notes = write_report(client, rs, plans, notes, tmp, storage, ui_url)
+    notes = notes + more_notes
     logged, warnings = log_report(client, rs, out) if log_artifacts else ([], [])
     return {
         "out": str(out),
         "files": sorted(x for f in figures for x in f.files) + index,
         "runs": len(rs.runs),
         "studies": {st.label: {"study": st.name, "selected": st.selected, "select_on": st.select_on,
+                               **({"conditions": list(st.conditions), "selected_per_condition": st.selected_by}
+                                  if getattr(st, "conditions", ()) else {}),
                                "repeats": len(rs.repeat_runs(k))} for k, st in rs.studies.items()},
         "logged_on_parent_runs": logged,
-        "warnings": warnings + notes + study_notes + [f"{st.label}: {n}" for st in rs.studies.values() for n in st.notes],
+        "warnings": warnings + notes + [f"{st.label}: {n}" for st in rs.studies.values() for n in st.notes],
     }
+
+
+def write_report(client, rs, plans, notes: list[str], out: Path, storage: str | None = None,
+                 ui_url: str | None = None):
+    """Every figure, table and the index of ``rs`` into the (empty) folder ``out``;
+    ``(figures, index files, notes of figures that could not be drawn)``. ``client`` only
+    answers ``get_metric_history`` (the convergence curves)."""
+    from bench.report.conditions import annotate
+    from bench.report.figures.convergence import convergence_figure
+    from bench.report.figures.heatmap import heatmap_figures
+    from bench.report.figures.hierarchy import hierarchy_figure
+    from bench.report.figures.lines import line_figures
+    from bench.report.figures.recall import recall_figure
+    from bench.report.figures.study import study_figures
+    from bench.report.index import write_index
+    from bench.report.output import write_figure_files
+    from bench.report.tables import write_recall_tables
+
+    annotate(rs, client)  # each study's conditions and its selected cell per condition value
+    figures = heatmap_figures(plans, out) + line_figures(rs, plans, out)
+    recall = recall_figure(rs, out)
+    if recall is not None:
+        recall.files += write_recall_tables(recall.data, out, recall.name)
+        figures.append(recall)
+    figures += [f for f in (hierarchy_figure(rs, out), convergence_figure(client, rs, out)) if f is not None]
+    study_figs, study_notes = study_figures(rs, out, storage)
+    figures += study_figs
+    for f in figures:
+        write_figure_files(f, out)
+    extra = (out / f"{recall.name}.md").read_text() if recall is not None else ""
+    index = write_index(rs, figures, notes + study_notes, out, ui_url,
+                        extra_md=f"## Recall@K (%) at the selected cells\n\n{extra}" if extra else "")
+    return figures, index, study_notes

@@ -1,9 +1,16 @@
 """``index.html`` and ``index.md``: every figure with its caption, its files, the numbers it
 shows (the CSV, rendered as a table) and the MLflow runs behind it.
 
-Run ids link into the MLflow UI when a UI address is configured (``ui_url`` in bench.yaml,
-``$BENCH_UI_URL`` or ``bench report --ui-url``); the page holds no timestamp, so rebuilding
-from the same store writes the same page.
+Run ids link into the MLflow UI: the address configured (``ui_url`` in bench.yaml,
+``$BENCH_UI_URL`` or ``bench report --ui-url``), else the one the store is browsed at by
+default (:func:`default_ui_url`: a tracking server serves its own UI; a local store is
+what ``bench ui`` serves on http://127.0.0.1:5000). The page holds no timestamp, so
+rebuilding from the same store writes the same page.
+
+The copy logged on a parent run (:func:`self_contained`) is read inside MLflow's artifact
+viewer, which shows HTML from a blob URL in a sandboxed frame where relative links resolve
+to nothing: its images are embedded (data URIs), and a small script points its run and
+file links at the UI that is showing it.
 """
 
 from __future__ import annotations
@@ -29,11 +36,56 @@ details{margin-top:.5em} code{font-size:.9em} .note{color:#8a4b00}
 """
 
 
+#: ``bench ui``'s default address.
+BENCH_UI = "http://127.0.0.1:5000"
+
+
+def default_ui_url(tracking_uri: str) -> str:
+    """Where the runs of ``tracking_uri`` are browsed when no UI address is configured."""
+    if tracking_uri.startswith(("http://", "https://")):
+        from bench.secrets import mask_url
+
+        url = tracking_uri.rstrip("/")
+        return url if mask_url(url) == url else BENCH_UI  # never copy a password into a page
+    return BENCH_UI
+
+
 def run_link(run_id: str, experiment_id: str | None, ui_url: str | None) -> str:
+    exp = html.escape(experiment_id or "")
     if ui_url and experiment_id:
         href = f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        return f'<a href="{html.escape(href)}"><code>{run_id}</code></a>'
+        return f'<a href="{html.escape(href)}" data-run="{run_id}" data-exp="{exp}"><code>{run_id}</code></a>'
     return f"<code>{run_id}</code>"
+
+
+#: In the logged copy: run and file links pointed at the UI showing the page (the frame's
+#: blob URL names its origin), files through MLflow's artifact download route.
+RELINK_SCRIPT = """<script>(function(){var m=/^blob:(https?:[/][/][^/]+)/.exec(location.href);if(!m)return;
+var ui=m[1],run=document.body.getAttribute('data-parent-run'),dir=document.body.getAttribute('data-artifact-dir');
+document.querySelectorAll('a[data-run]').forEach(function(a){a.href=ui+'/#/experiments/'+a.getAttribute('data-exp')+
+'/runs/'+a.getAttribute('data-run')});
+document.querySelectorAll('a[data-file]').forEach(function(a){a.href=ui+'/get-artifact?path='+
+encodeURIComponent(dir+'/'+a.getAttribute('data-file'))+'&run_uuid='+run})})()</script>"""
+
+
+def self_contained(out: Path, run_id: str, artifact_dir: str) -> str:
+    """``out/index.html`` as logged on run ``run_id`` under ``artifact_dir``: every image
+    embedded as a data URI, links re-pointed inside MLflow's artifact viewer."""
+    import base64
+    import re
+
+    page = (out / "index.html").read_text()
+
+    def embed(m: re.Match) -> str:
+        png = out / html.unescape(m.group(1))
+        if not png.is_file():
+            return m.group(0)
+        return 'src="data:image/png;base64,' + base64.b64encode(png.read_bytes()).decode() + '"'
+
+    page = re.sub(r'src="([^":]+\.png)"', embed, page)
+    page = page.replace("<body>", f'<body data-parent-run="{html.escape(run_id)}" '
+                                  f'data-artifact-dir="{html.escape(artifact_dir)}">', 1)
+    return page.replace("</body>", RELINK_SCRIPT + "</body>", 1)
 
 
 def _csv_table(path: Path, name: str) -> str:
@@ -50,13 +102,16 @@ def _studies_rows(rs: RunSet) -> list[list[str]]:
     rows = []
     for key, st in rs.studies.items():
         n_grid, n_rep = len(rs.grid_runs(key)), len(rs.repeat_runs(key))
+        by = getattr(st, "selected_by", None) or {}
+        selected = ("; ".join(f"at {c}: {cell}" for c, cell in by.items()) if getattr(st, "conditions", ())
+                    else st.selected or "–")
         rows.append([st.label, st.name, st.experiment, st.kind, ", ".join(st.axes) or "–",
-                     ", ".join(st.repeat_axes), str(n_grid), str(n_rep), st.selected or "–", st.select_on])
+                     ", ".join(st.repeat_axes), str(n_grid), str(n_rep), selected, st.select_on])
     return rows
 
 
 STUDY_HEAD = ["label", "study", "experiment", "kind", "axes (cells)", "averaged over", "selection runs",
-              "fresh-seed repeats", "selected cell", "selected on"]
+              "fresh-seed repeats", "selected cell (per condition value)", "selected on"]
 
 
 def _reference_rows(rs: RunSet) -> list[list[str]]:
@@ -72,15 +127,42 @@ def _reference_rows(rs: RunSet) -> list[list[str]]:
     return rows
 
 
+def figure_metric(f: Figure) -> str:
+    """What a figure's numbers are: ``test`` or ``validation`` (the selection split), or
+    ``other`` (relabelling precision/recall), read from the metrics its CSV names."""
+    metrics = set(f.data["metric"].dropna()) if "metric" in f.data else {"test_recall_at_1"}
+    kinds = {"validation" if m.startswith("val_") else "test" if m.startswith("test_") else "other" for m in metrics}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def metric_kinds_phrase(figures: list[Figure]) -> str:
+    """Which figures show test metrics and which the validation (selection) metric."""
+    by: dict[str, list[str]] = {}
+    for f in figures:
+        by.setdefault(figure_metric(f), []).append(f.name)
+    parts = []
+    if by.get("test"):
+        parts.append("Test metrics at the epoch and cell chosen by the selection rule its caption names: "
+                     + ", ".join(by["test"]) + ".")
+    if by.get("validation"):
+        parts.append("Validation R@1 (the selection metric, on classes held out of training, not a test number): "
+                     + ", ".join(by["validation"]) + ".")
+    if by.get("other") or by.get("mixed"):
+        parts.append("Other setup metrics (named on their axes): " + ", ".join(by.get("other", []) + by.get("mixed", []))
+                     + ".")
+    return " ".join(parts)
+
+
 def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, ui_url: str | None = None,
                 extra_md: str = "") -> list[str]:
     """Write ``index.html`` and ``index.md`` into ``out``; returns their names."""
     exp_of = dict(zip(rs.runs["run_id"], rs.runs["experiment_id"]))
     title = f"proxybench report: {', '.join(rs.experiments)}"
-    commits = sorted(set(rs.runs.get(tag_column(BENCH_GIT_COMMIT), []).dropna()))
+    col = tag_column(BENCH_GIT_COMMIT)
+    commits = sorted(set(rs.runs[col].dropna())) if col in rs.runs else []
     summary = (f"{len(rs.runs)} finished runs of {len(rs.studies)} studies from the tracking store "
-               f"{mask_url(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. Every number is a "
-               "test metric at the epoch and cell chosen by the selection rule the caption names.")
+               f"{mask_url(rs.tracking_uri)}; code at commit(s) {', '.join(commits) or 'unknown'}. "
+               + metric_kinds_phrase(figures))
     refs = _reference_rows(rs)
 
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -98,7 +180,8 @@ def write_index(rs: RunSet, figures: list[Figure], notes: list[str], out: Path, 
 
     for f in figures:
         anchor = html.escape(f.name)
-        links = " · ".join(f'<a href="{html.escape(x)}">{html.escape(x)}</a>' for x in f.files if not x.endswith(".png"))
+        links = " · ".join(f'<a href="{html.escape(x)}" data-file="{html.escape(x)}">{html.escape(x)}</a>'
+                           for x in f.files if not x.endswith(".png"))
         h.append(f'<figure id="{anchor}"><h2>{html.escape(f.title)}</h2>')
         if f.image:
             h.append(f'<img src="{anchor}.png" alt="{html.escape(f.title)}">')

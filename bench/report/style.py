@@ -1,7 +1,10 @@
 """How every figure looks: sized for a paper column, fonts embedded, colour-blind safe.
 
 * Width: :data:`COLUMN` (3.3 in, one column of a two-column paper) for single panels,
-  :data:`PAGE` (6.9 in) for rows of panels; 8 pt text, 7 pt ticks.
+  :data:`PAGE` (6.9 in) for rows of panels; 8 pt text, 7 pt ticks, legends and cell numbers,
+  nothing smaller (:data:`MIN_PT`). Every figure is laid out by matplotlib's constrained layout
+  inside its fixed size, legends included (above the panels, as many columns as fit), so the
+  page is the size asked for and the plot keeps its share of it.
 * PDF: vector, TrueType fonts embedded (``pdf.fonttype = 42``) so publishers accept it and
   text stays selectable; no creation date, so rebuilding does not change the metadata.
 * Colours: Okabe & Ito's palette for lines and markers (distinguishable under the common
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 COLUMN, PAGE = 3.3, 6.9
+#: The smallest text any figure prints, in points.
+MIN_PT = 7
 
 #: Okabe-Ito, most distinct first (yellow last: weak on white).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -59,17 +64,41 @@ def paper_style() -> Iterator[object]:
         yield plt
 
 
-def panel_row(plt, n: int, height: float):
+def subplots(plt, nrows: int, ncols: int, width: float, height: float, **kw):
+    """``plt.subplots`` at a fixed size under the constrained layout (legends and colour bars
+    take their room from the panels, never from the page)."""
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
+
+
+def panel_row(plt, n: int, height: float, **kw):
     """``(fig, axes)``: ``n`` panels side by side (one per dataset), a column wide for one."""
-    return plt.subplots(1, n, figsize=(COLUMN if n == 1 else min(PAGE, 3.0 * n), height), squeeze=False)
+    return subplots(plt, 1, n, COLUMN if n == 1 else min(PAGE, 3.0 * n), height, **kw)
+
+
+def legend_above(fig, handles, labels, max_ncol: int = 3, **kw):
+    """A figure legend above the panels in as many columns (up to ``max_ncol``) as fit the
+    figure's width; None when there is nothing to name."""
+    if not handles:
+        return None
+    width = fig.get_figwidth() * fig.dpi
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(max_ncol, len(labels)), 0, -1):
+        leg = fig.legend(handles, labels, loc="outside upper center", ncol=ncol, handlelength=1.4,
+                         columnspacing=1.0, handletextpad=0.5, borderaxespad=0.2, **kw)
+        if ncol == 1 or leg.get_window_extent(renderer).width <= 0.98 * width:
+            return leg
+        leg.remove()
+    return None
 
 
 def save(fig, out: Path, name: str, caption: str) -> list[str]:
     """``<name>.png`` and ``<name>.pdf`` (vector) in ``out``; returns the file names."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(out / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(out / f"{name}.pdf", bbox_inches="tight",
+    # "tight" only trims the margin: the layout keeps everything inside the figure, so the page
+    # is at most the size asked for (and a test reads it back from every PDF).
+    fig.savefig(out / f"{name}.png", bbox_inches="tight", pad_inches=0.02, metadata={"Software": None})
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight", pad_inches=0.02,
                 metadata={"CreationDate": None, "Creator": "proxybench", "Subject": caption[:500]})
     plt.close(fig)
     return [f"{name}.png", f"{name}.pdf"]

@@ -7,6 +7,9 @@ those runs. Each study's repeats run through :func:`bench.studies.run_study` as 
 ``config.yaml``), in an Optuna study ``<study>.repeat``: exactly once per seed, resumable,
 safe with parallel workers. Its trial runs carry ``bench.repeat_study`` (the study repeated)
 and ``bench.repeat_of`` (the cell, canonical JSON); its parent run nests under the study's.
+A study with conditions (:mod:`bench.report.conditions`) has a selected cell per condition
+value, and each gets its own repeats: ``<study>.repeat[<condition>]``, e.g.
+``figures-noise.proxy_anchor.repeat[noise_rate=0.2]``.
 """
 
 from __future__ import annotations
@@ -79,23 +82,30 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
     unknown = [s for s in studies or [] if s not in names]
     if unknown:
         raise ConfigError(f"experiment {experiment!r} has no study {', '.join(unknown)}; its studies: {', '.join(sorted(names))}")
+    from bench.report.axes import facet_label
+    from bench.report.conditions import annotate, selected_cells
+
+    annotate(rs)
     plans = []
     for key, st in rs.studies.items():
         if (studies and st.name not in studies) or st.selected is None:
             continue
         grid = rs.grid_runs(key)
         used = {int(float(s)) for s in grid[n.param_column(n.PARAM_SEED)].dropna()}
-        chosen = grid[grid["cell"] == st.selected].sort_values("run_id")
-        config = _config(client, chosen["run_id"].iloc[0])
         fresh = fresh_seeds(used, seeds)
-        before = _earlier_seeds(client, st.experiment_id, st.name + REPEAT_SUFFIX)
-        if before is not None and before != fresh:
-            raise ConfigError(f"{st.name}{REPEAT_SUFFIX} already repeats seeds {before}; bench repeat --seeds "
-                              f"{len(before)} resumes it (to change the count, delete that study first)")
-        spec = StudySpec(experiment=experiment, study_name=st.name + REPEAT_SUFFIX, kind="grid",
-                         description=f"fresh-seed repeats of {st.name}'s selected cell {st.selected}",
-                         trial=config, grid={n.PARAM_SEED: fresh})
-        plans.append(RepeatPlan(st.name, st.parent_run_id, st.selected, fresh, spec))
+        for cond, cell in selected_cells(st).items():
+            label = facet_label(json.loads(cond))
+            name = st.name + REPEAT_SUFFIX + (f"[{label}]" if label else "")
+            chosen = grid[grid["cell"] == cell].sort_values("run_id")
+            config = _config(client, chosen["run_id"].iloc[0])
+            before = _earlier_seeds(client, st.experiment_id, name)
+            if before is not None and before != fresh:
+                raise ConfigError(f"{name} already repeats seeds {before}; bench repeat --seeds "
+                                  f"{len(before)} resumes it (to change the count, delete that study first)")
+            spec = StudySpec(experiment=experiment, study_name=name, kind="grid",
+                             description=f"fresh-seed repeats of {st.name}'s selected cell {cell}",
+                             trial=config, grid={n.PARAM_SEED: fresh})
+            plans.append(RepeatPlan(st.name, st.parent_run_id, cell, fresh, spec))
     if not plans:
         raise ConfigError(f"experiment {experiment!r} has no study with a selected cell to repeat "
                           "(no finished run recorded a selection score)")
@@ -118,5 +128,38 @@ def run_repeats(settings: Settings, experiment: str, seeds: int, studies: Sequen
         for k, v in {**tags, **({n.MLFLOW_PARENT_RUN_ID: p.parent_run_id} if p.parent_run_id else {})}.items():
             client.set_tag(res.parent_run_id, k, v)  # nest the repeats under the study in the UI
         out.append({"study": p.study, "cell": json.loads(p.cell), "seeds": p.seeds, "completed_now": res.completed,
-                    "failed_now": res.failed, "already_done": res.skipped})
+                    "failed_now": res.failed, "already_done": res.skipped,
+                    **repeat_stats(client, res.parent_run_id, p.study, p.cell)})
     return out
+
+
+def repeat_stats(client, parent_run_id: str, study: str, cell: str) -> dict[str, dict[str, float]]:
+    """Mean and 95 % Student-t interval of test and validation R@1 over the finished repeats
+    of ``study``'s cell ``cell`` (every seed so far, not only this call's)."""
+    from bench.report.stats import mean_ci
+
+    exp = client.get_run(parent_run_id).info.experiment_id
+    flt = " and ".join([n.tag_filter(n.BENCH_ROLE, n.ROLE_TRIAL), n.tag_filter(n.BENCH_REPEAT_STUDY, study),
+                        "attributes.status = 'FINISHED'"])
+    runs = [r for r in client.search_runs([exp], flt, max_results=1000) if r.data.tags.get(n.BENCH_REPEAT_OF) == cell]
+    out = {}
+    for m in (n.METRIC_TEST_RECALL_AT_1, n.METRIC_VAL_RECALL_AT_1):
+        mean, lo, hi, count = mean_ci(r.data.metrics.get(m, float("nan")) for r in runs)
+        out[m] = {"n": count, "mean": mean, "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def stats_line(row: dict[str, Any]) -> str:
+    """``study {cell}: test R@1 0.7833 ± 0.0040, validation R@1 ... (n = 5, 95 % Student-t)``."""
+    parts = []
+    for m, name in (("test_recall_at_1", "test R@1"), ("val_recall_at_1", "validation R@1")):
+        st = row.get(m) or {}
+        if not st.get("n"):
+            parts.append(f"{name} –")
+        elif st["n"] < 2:
+            parts.append(f"{name} {st['mean']:.4f} (one run, no interval)")
+        else:
+            parts.append(f"{name} {st['mean']:.4f} ± {(st['ci_high'] - st['ci_low']) / 2:.4f}")
+    n = (row.get("test_recall_at_1") or {}).get("n", 0)
+    return (f"{row['study']} {json.dumps(row['cell'], sort_keys=True)}: " + ", ".join(parts)
+            + (f" (n = {n} fresh seeds, 95 % Student-t interval)" if n >= 2 else ""))

@@ -74,6 +74,9 @@ class StudySpec(BaseModel):
                            "trials at once, at most a quarter of n_trials, the sampler's constant liar "
                            "covering the pending ones)")
     repeat: RepeatSpec = Field(default_factory=RepeatSpec)
+    conditions: list[str] | None = Field(
+        None, description="axes a reader compares across, never selects over (e.g. [data.noise_rate]): the best "
+        "cell is chosen per value of these; default: every data.* axis; [] selects over every axis")
 
     @property
     def name(self) -> str:
@@ -157,6 +160,12 @@ class StudySpec(BaseModel):
         if unknown:
             raise ValueError(f"repeat.axes: {', '.join(unknown)} is not a grid axis; list grid keys only "
                              f"(grid: {', '.join(self.grid) or 'none'})")
+        axes = [a for a in (self.grid if self.kind == "grid" else self.space) if a not in self.repeat_axes]
+        odd = [a for a in self.conditions or [] if a not in axes]
+        if odd:
+            raise ValueError(f"conditions: {', '.join(odd)} is not an axis of this {self.kind}; list its "
+                             f"{'grid' if self.kind == 'grid' else 'space'} keys (not repeat axes): "
+                             f"{', '.join(axes) or 'none'}")
         return self
 
     def effective_trial(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Heatmaps of test R@1 over a study's two axes (the Proxy-Anchor paper's alpha x delta
 figure, or any other pair): one panel per study (and per value of any extra axis), one
-colour scale for all panels, each study's selected cell boxed."""
+colour scale for all panels, each study's selected cell boxed. A single panel is a column
+wide (3.3 in), up to three panels a row a page wide (6.9 in); cell numbers are 7 pt."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report.axes import AxisPlan, axis_label, axis_values, facet_label, fmt_value, order_values, short
+from bench.report.axes import (AxisPlan, axis_label, axis_values, facet_label, fmt_value, in_axis_order, order_values,
+                               short)
 from bench.report.captions import fixed_phrase, runs_phrase, selection_rule
+from bench.report.conditions import condition_phrase, is_selected
 from bench.report.output import Figure
 from bench.report.stats import summarize
-from bench.report.style import COLUMN, HEATMAP_CMAP, PAGE, paper_style, save
+from bench.report.style import COLUMN, HEATMAP_CMAP, MIN_PT, PAGE, paper_style, save, subplots
 
 COLUMNS = ["study", "label", "dataset", "facet", "x_key", "x", "y_key", "y", "n", "test_r1", "test_r1_ci_low",
            "test_r1_ci_high", "val_r1", "selected", "cell", "run_ids"]
@@ -26,15 +29,15 @@ def panel_table(plan: AxisPlan, facet: dict) -> pd.DataFrame:
     for k, v in facet.items():
         runs = runs[[fmt_value(a) == fmt_value(v) for a in runs[k]]]
     test = summarize(runs, [x_key, y_key, "cell"], "metrics.test_recall_at_1")
-    val = summarize(runs, [x_key, y_key, "cell"], "metrics.val_recall_at_1")
+    val = summarize(runs, [x_key, y_key, "cell"], "metrics.val_recall_at_1").set_index("cell").reindex(test["cell"])
     st = plan.study
     return pd.DataFrame({
         "study": st.key, "label": st.label, "dataset": st.dataset, "facet": facet_label(facet),
         "x_key": x_key, "x": test[x_key], "y_key": y_key, "y": test[y_key], "n": test["n"],
         "test_r1": test["mean"], "test_r1_ci_low": test["ci_low"], "test_r1_ci_high": test["ci_high"],
-        "val_r1": val["mean"], "selected": test["cell"] == st.selected, "cell": test["cell"],
+        "val_r1": val["mean"].to_numpy(), "selected": is_selected(st, test["cell"]), "cell": test["cell"],
         "run_ids": test["run_ids"],
-    }, columns=COLUMNS)
+    }, columns=COLUMNS).pipe(in_axis_order, ["y", "x"])
 
 
 def heatmap_figures(plans: list[AxisPlan], out: Path) -> list[Figure]:
@@ -63,7 +66,7 @@ def _caption(ps: list[AxisPlan], panels, data: pd.DataFrame, dataset: str) -> st
             f"{', '.join(dict.fromkeys(p.study.label for p in ps))}" + (f" on {dataset}" if dataset else "") + ". "
             f"Each cell: {runs_phrase(list(data['n']), repeat_axes)}; n, the interval and the runs of every cell "
             "are in the CSV. "
-            f"Boxed: {selection_rule(p.study for p in ps)}. One colour scale for all panels.")
+            f"Boxed: {selection_rule(p.study for p in ps)}.{condition_phrase(p.study for p in ps)}" + (" One colour scale for all panels." if len(panels) > 1 else ""))
     if facets:
         text += f" One panel per value of {', '.join(facets)} (never averaged over)."
     missing = [p.study.label for p in ps if p.study.selected is not None
@@ -75,7 +78,6 @@ def _caption(ps: list[AxisPlan], panels, data: pd.DataFrame, dataset: str) -> st
 
 def draw(panels, data: pd.DataFrame, out: Path, name: str, caption: str) -> list[str]:
     from matplotlib.colors import Normalize
-    from matplotlib.patches import Rectangle
 
     finite = data["test_r1"][data["test_r1"].map(lambda v: math.isfinite(v))]
     vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
@@ -85,41 +87,49 @@ def draw(panels, data: pd.DataFrame, out: Path, name: str, caption: str) -> list
     n = len(panels)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    width = COLUMN if n == 1 else min(PAGE, 2.35 * ncols + 0.6)
+    width = COLUMN if n == 1 else min(PAGE, 2.25 * ncols + 0.5)
+    two_line = any(facet for _, facet, _ in panels)
     with paper_style() as plt:
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.55 * nrows + 0.15), squeeze=False)
+        fig, axes = subplots(plt, nrows, ncols, width, (2.35 + 0.12 * two_line) * nrows + 0.1)
         im = None
         for ax, (plan, facet, t) in zip(axes.ravel(), panels):
-            xs, ys = order_values(t["x"]), order_values(t["y"])
-            grid = [[math.nan] * len(xs) for _ in ys]
-            for r in t.itertuples():
-                grid[ys.index(r.y)][xs.index(r.x)] = r.test_r1
-            im = ax.imshow(grid, origin="lower", cmap=HEATMAP_CMAP, norm=norm, aspect="auto")
-            ax.grid(False)
-            for r in t.itertuples():
-                if not math.isfinite(r.test_r1):
-                    continue
-                i, j = ys.index(r.y), xs.index(r.x)
-                ax.text(j, i, f"{r.test_r1:.3f}", ha="center", va="center", fontsize=5.5 if len(xs) > 4 else 6.5,
-                        color="white" if norm(r.test_r1) < 0.55 else "black")
-                if r.selected:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=2.0))
-                    ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="white", lw=0.8))
-            ax.set_xticks(range(len(xs)), [fmt_value(v) for v in xs])
-            ax.set_yticks(range(len(ys)), [fmt_value(v) for v in ys])
-            ax.set_xlabel(axis_label(plan.plot_axes[0]))
-            if ax in axes[:, 0]:
-                ax.set_ylabel(axis_label(plan.plot_axes[1]))
-            ax.tick_params(length=0)
-            for s in ax.spines.values():
-                s.set_visible(False)
-            title = plan.study.label + (f"\n{facet_label(facet)}" if facet else "")
-            ax.set_title(title)
+            im = _panel(ax, plan, facet, t, norm, first_col=ax in axes[:, 0])
         for ax in axes.ravel()[n:]:
             ax.set_visible(False)
-        fig.tight_layout()
-        cbar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9 if nrows > 1 else 1.0, pad=0.02,
-                            fraction=0.05 if n == 1 else 0.03)
-        cbar.set_label("test R@1 (mean)")
-        cbar.ax.tick_params(labelsize=6)
+        cbar = fig.colorbar(im, ax=axes.ravel()[:n].tolist(), shrink=0.95, pad=0.02, aspect=25 * nrows,
+                            fraction=0.06 if n == 1 else 0.03)
+        several = (data["n"] > 1).any()
+        cbar.set_label("test R@1" + (" (mean over runs)" if several else ""))
+        cbar.ax.tick_params(labelsize=MIN_PT)
         return save(fig, out, name, caption)
+
+
+def _panel(ax, plan: AxisPlan, facet: dict, t: pd.DataFrame, norm, first_col: bool):
+    """One study's grid: cells coloured and numbered (7 pt), the selected one boxed."""
+    from matplotlib.patches import Rectangle
+
+    xs, ys = order_values(t["x"]), order_values(t["y"])
+    grid = [[math.nan] * len(xs) for _ in ys]
+    for r in t.itertuples():
+        grid[ys.index(r.y)][xs.index(r.x)] = r.test_r1
+    im = ax.imshow(grid, origin="lower", cmap=HEATMAP_CMAP, norm=norm, aspect="auto")
+    ax.grid(False)
+    for r in t.itertuples():
+        if not math.isfinite(r.test_r1):
+            continue
+        i, j = ys.index(r.y), xs.index(r.x)
+        ax.text(j, i, f"{r.test_r1:.3f}", ha="center", va="center", fontsize=MIN_PT,
+                color="white" if norm(r.test_r1) < 0.55 else "black")
+        if r.selected:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=2.0))
+            ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="white", lw=0.8))
+    ax.set_xticks(range(len(xs)), [fmt_value(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [fmt_value(v) for v in ys])
+    ax.set_xlabel(axis_label(plan.plot_axes[0]))
+    if first_col:
+        ax.set_ylabel(axis_label(plan.plot_axes[1]))
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    ax.set_title(plan.study.label + (f"\n{facet_label(facet)}" if facet else ""))
+    return im

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report.axes import AxisPlan, axis_label, axis_values, facet_label, fmt_value, log_base, order_values, short
+from bench.report.axes import (AxisPlan, axis_label, axis_values, facet_label, fmt_value, in_axis_order, log_base,
+                               order_values, short)
 from bench.report.captions import clip_note, fixed_phrase, runs_phrase, selection_rule
+from bench.report.conditions import condition_phrase, is_selected
 from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
 from bench.report.runs import RunSet
 from bench.report.stats import summarize
-from bench.report.style import COLUMN, band, colour, marker, paper_style, save
+from bench.report.style import COLUMN, band, colour, legend_above, marker, paper_style, save, subplots
 
 COLUMNS = ["series", "study", "label", "dataset", "facet", "metric", "x_key", "x", "n", "mean", "ci_low", "ci_high",
            "selected", "cell", "run_ids"]
@@ -36,8 +38,8 @@ def series_table(plan: AxisPlan, facet: dict, metric: str) -> pd.DataFrame:
     return pd.DataFrame({
         "series": series, "study": st.key, "label": st.label, "dataset": st.dataset, "facet": facet_label(facet),
         "metric": metric, "x_key": x_key, "x": t[x_key], "n": t["n"], "mean": t["mean"], "ci_low": t["ci_low"],
-        "ci_high": t["ci_high"], "selected": t["cell"] == st.selected, "cell": t["cell"], "run_ids": t["run_ids"],
-    }, columns=COLUMNS)
+        "ci_high": t["ci_high"], "selected": is_selected(st, t["cell"]), "cell": t["cell"], "run_ids": t["run_ids"],
+    }, columns=COLUMNS).pipe(in_axis_order, ["x"])
 
 
 def line_figures(rs: RunSet, plans: list[AxisPlan], out: Path) -> list[Figure]:
@@ -78,12 +80,13 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     what = " and ".join(metrics.values())
     labels = ", ".join(dict.fromkeys(p.study.label for p in ps))
     text = (f"{what[0].upper() + what[1:]} against {axis_label(x_key)} for {labels}" + (f" on {dataset}" if dataset else "")
-            + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])} as a band"
-            + (f"; ringed: {selection_rule(p.study for p in ps)}." if list(metrics) == ["test_recall_at_1"] else "."))
+            + f": {runs_phrase(list(data['n']), [a for p in ps for a in p.study.repeat_axes])}"
+            + (" as a band" if (data["n"] > 1).any() else "")
+            + (_ring_phrase(ps, data) if list(metrics) == ["test_recall_at_1"] else "."))
     if set(metrics) == set(RELABEL):
         text += (" Phase 1 of Smooth Proxy-Anchor flags a training sample as mislabelled when its observed label "
                  "gets confidence below the loss's threshold; precision and recall of those flags against the "
-                 "clean labels.")
+                 "clean labels." + _clean_point_note(data))
     if log_base(order_values(data["x"])):
         text += " Log-scale x axis."
     facets = sorted({f for p in ps for f in p.facets})
@@ -95,6 +98,38 @@ def _caption(ps, data, metrics, dataset, published) -> str:
     return text + fixed_phrase(ps) + clip_note(data)
 
 
+def _ringed(t: pd.DataFrame) -> pd.DataFrame:
+    """The points of one series that are ringed: its selected ones, unless every point is
+    (a line over a condition with nothing else to select: each point is its own cell)."""
+    return t[t["selected"]] if not t["selected"].all() else t.iloc[0:0]
+
+
+def _ring_phrase(ps, data: pd.DataFrame) -> str:
+    studies = [p.study for p in ps]
+    if not any(len(_ringed(t)) for _, t in data.groupby("series")):
+        x = axis_label(ps[0].plot_axes[0])
+        return (f". {x[0].upper() + x[1:]} is a condition (compared across, never selected over) and each point is "
+                "its study's only cell at that value, so none is ringed.")
+    return f"; ringed: {selection_rule(studies)}.{condition_phrase(studies)}"
+
+
+def _clean_point_note(data: pd.DataFrame) -> str:
+    """Why recall is missing and precision is 0 where no label was corrupted (noise rate 0)."""
+    zero = data[[fmt_value(x) == "0" for x in data["x"]]]
+    if zero.empty:
+        return ""
+    prec = zero[zero["metric"] == "phase1_relabel_precision"]["mean"]
+    has_recall = (zero["metric"] == "phase1_relabel_recall").any()
+    text = " At noise rate 0 no training label is wrong:"
+    if not has_recall:
+        text += " recall (flags among corrupted labels) is undefined, so not drawn;"
+    if len(prec) and (prec == 0).all():
+        text += " every flag is a false alarm, so precision is 0."
+    elif len(prec):
+        text += " precision counts flags of labels that were never corrupted."
+    return text.rstrip(";") + ("." if text.endswith(";") else "")
+
+
 def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, name: str, caption: str,
           published) -> list[str]:
     xs = order_values(data["x"])
@@ -104,8 +139,9 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
     series = list(dict.fromkeys(data["series"]))
     rings = list(metrics) == ["test_recall_at_1"]  # the selected cell is ringed on its own metric only
     with paper_style() as plt:
-        fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN, 2.3 if len(metrics) == 1 else 1.7 * len(metrics)),
-                                 squeeze=False, sharex=True)
+        rows = -(-(len(series) + len(published) + rings) // (2 if max(map(len, series)) <= 24 else 1))
+        fig, axes = subplots(plt, len(metrics), 1, COLUMN, (2.0 if len(metrics) == 1 else 1.5 * len(metrics))
+                             + 0.13 * rows, sharex=True)
         for ax, (metric, ylabel) in zip(axes[:, 0], metrics.items()):
             d = data[data["metric"] == metric]
             for i, s in enumerate(series):
@@ -117,7 +153,7 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
                 x = [pos(v) for v in t["x"]]
                 ax.plot(x, t["mean"], color=colour(i), marker=marker(i), label=s, zorder=3)
                 band(ax, x, list(t["ci_low"]), list(t["ci_high"]), colour(i))
-                sel = t[t["selected"]]
+                sel = _ringed(t)
                 if len(sel) and rings:
                     ax.plot([pos(v) for v in sel["x"]], sel["mean"], ls="none", marker="o", ms=10, mfc="none",
                             mec="black", mew=1.1, zorder=4)
@@ -134,11 +170,9 @@ def _draw(data: pd.DataFrame, metrics: dict[str, str], x_key: str, out: Path, na
         ax.set_xticks([pos(v) for v in xs], [fmt_value(v) for v in xs])
         ax.set_xlabel(axis_label(x_key))
         handles, labels = axes[0, 0].get_legend_handles_labels()
+        rings = rings and any(len(_ringed(t)) for _, t in data.groupby("series"))
         if rings:
             ring = plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.1)
             handles, labels = handles + [ring], labels + ["selected"]
-        ncol = 2 if len(handles) > 3 else 1
-        axes[0, 0].legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=ncol,
-                          handlelength=1.6, columnspacing=1.0)
-        fig.tight_layout()
+        legend_above(fig, handles, labels, max_ncol=2)
         return save(fig, out, name, caption)

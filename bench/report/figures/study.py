@@ -1,6 +1,7 @@
 """Study plots for ``kind: study`` (Optuna searches): optimisation history, parameter
-importances, slice, and the contour of the two most important parameters, drawn by
-Optuna's own matplotlib visualisations.
+importances, slice, and the contour of the two most important parameters, drawn in the
+suite's style by :mod:`bench.report.figures.study_plots` from the Optuna study's trials
+(Optuna computes the importances).
 
 The trials come from the Optuna storage when it still holds the study (pruned trials and
 all), else they are rebuilt from the tracking store alone: each finished run's ``bench.cell``
@@ -22,7 +23,6 @@ import pandas as pd
 from bench.record import names as n
 from bench.report.output import Figure
 from bench.report.runs import RunSet, Study
-from bench.report.style import COLUMN, PAGE, paper_style, save
 from bench.selection import score_name
 
 
@@ -88,46 +88,33 @@ def _slug(text: str) -> str:
 
 
 def _trials_table(study) -> pd.DataFrame:
-    import optuna
-
+    """One row per trial in number order: state (COMPLETE, PRUNED, FAIL, ...), objective
+    (NaN unless complete), the last value it reported (where a pruner stopped it), params."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        if t.state.name in ("RUNNING", "WAITING"):
             continue
-        row = {"number": t.number, "state": t.state.name, "value": t.value if t.value is not None else math.nan}
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.nan
+        row = {"number": t.number, "state": t.state.name,
+               "value": t.value if t.value is not None and t.state.name == "COMPLETE" else math.nan,
+               "last_reported": last}
         row.update({f"param:{k}": v for k, v in sorted(t.params.items())})
         row["run_ids"] = t.user_attrs.get(n.ATTR_MLFLOW_RUN_ID, "")
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("number") if rows else pd.DataFrame()
-
-
-def _finish(fig, space: dict[str, Any], layout: bool = True) -> None:
-    """Optuna's plots use their own style sheet: paper fonts, axes named like ours, the
-    legend inside the axes rather than beside them."""
-    from matplotlib.text import Text
-
-    from bench.report.axes import axis_label
-
-    for t in fig.findobj(Text):
-        t.set_fontsize(min(t.get_fontsize(), 8))
-    for ax in fig.axes:
-        for get, put in ((ax.get_xlabel, ax.set_xlabel), (ax.get_ylabel, ax.set_ylabel)):
-            if get() in space:
-                put(axis_label(get()))
-        if ax.get_legend() is not None and ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=7)
-    if layout:  # not under a colour bar Optuna placed itself (tight_layout would move it onto a panel)
-        fig.tight_layout()
+    return pd.DataFrame(rows).sort_values("number").reset_index(drop=True) if rows else pd.DataFrame()
 
 
 def study_figures(rs: RunSet, out: Path, storage: str | None) -> tuple[list[Figure], list[str]]:
-    """Four figures per ``kind: study`` study; notes for those that could not be drawn."""
+    """Up to four figures per ``kind: study`` study; notes for those that could not be drawn."""
+    from bench.report.figures.study_plots import draw_study
+
     figs, notes = [], []
     for st in rs.studies.values():
         if st.kind != "study":
             continue
         study = _from_storage(st, storage)
-        source = "the Optuna storage" if study is not None else "the tracking store (the Optuna storage no longer holds it)"
+        source = ("the Optuna storage" if study is not None else
+                  "the tracking store (the Optuna storage no longer holds it; pruned and failed trials are not rebuilt)")
         if study is None:
             study = _from_tracking(st, rs)
         trials = _trials_table(study) if study is not None else pd.DataFrame()
@@ -135,45 +122,9 @@ def study_figures(rs: RunSet, out: Path, storage: str | None) -> tuple[list[Figu
         if len(complete) < 2:
             notes.append(f"{st.label}: fewer than 2 complete trials, no study plots")
             continue
-        figs += _draw_all(st, study, trials, out, source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's importance evaluators warn on few trials
+            new, more = draw_study(st, study, trials, out, source, _slug(st.name))
+        figs += new
+        notes += more
     return figs, notes
-
-
-def _draw_all(st: Study, study, trials: pd.DataFrame, out: Path, source: str) -> list[Figure]:
-    import optuna
-    from optuna.visualization import matplotlib as ov
-
-    slug = _slug(st.name)
-    what = f"{score_name(st.select_on).replace('_recall_at_1', ' R@1')} (the study's objective)"
-    base = f"{st.label} ({st.name}), trials from {source}; objective: {what}."
-    params = [c[len("param:"):] for c in trials if c.startswith("param:")]
-    figs = []
-    with warnings.catch_warnings(), paper_style() as plt:
-        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-        imp = optuna.importance.get_param_importances(study) if len(params) > 1 else {params[0]: 1.0}
-        top = list(imp)[:2]
-        plots = [
-            ("history", "Optimisation history", lambda: ov.plot_optimization_history(study, target_name=what),
-             trials, (COLUMN, 2.4), "Objective of each trial in order and the best so far. "),
-            ("importances", "Parameter importances", lambda: ov.plot_param_importances(study),
-             pd.DataFrame({"param": list(imp), "importance": list(imp.values())}), (COLUMN, 0.4 * len(imp) + 1.2),
-             "Importance of each parameter for the objective (Optuna's default evaluator, PED-ANOVA). "),
-            # Optuna sizes a multi-panel slice at half the rc width per panel
-            ("slice", "Slice", lambda: ov.plot_slice(study, target_name=what), trials,
-             (2 * min(PAGE, 2.2 * len(params)) / max(len(params), 2), 2.6),
-             "Objective against each parameter, one dot per trial (shade: trial number). "),
-        ]
-        if len(top) == 2:
-            plots.append(("contour", f"Contour of {top[0]} and {top[1]}",
-                          lambda: ov.plot_contour(study, params=top, target_name=what), trials, (COLUMN, 2.8),
-                          "Objective interpolated over the two most important parameters; dots are trials. "))
-        for kind, title, draw, data, size, lead in plots:
-            with plt.rc_context({"figure.figsize": size}):  # Optuna opens its own figure
-                ax = draw()
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            _finish(fig, st.space, layout=kind != "slice")
-            name = f"study_{slug}_{kind}"
-            caption = lead + base
-            files = save(fig, out, name, caption)
-            figs.append(Figure(name, f"{title}: {st.label}", caption, data.reset_index(drop=True), files))
-    return figs
