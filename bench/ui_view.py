@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from bench.record.names import BENCH_CELL, BENCH_STUDY
+
 #: The UI's local-storage key for one experiment's runs-table state.
 STATE_KEY = "MLflowLocalStorage-1.1-ExperimentPage-{ids}-ReactComponentState"
 #: The run-name column's id and a width (px) that shows ``alpha=32 delta=0.2`` whole.
@@ -43,7 +45,7 @@ def view_state(axes: list[str], parent_ids: list[str], metrics: list[str]) -> di
     """The runs-table state of one experiment: the metrics, then the study's name (when the
     experiment holds several) and the axes as columns, parents expanded, sorted on the
     first metric."""
-    study = [column("tags", "bench.study")] if len(parent_ids) > 1 else []
+    study = [column("tags", BENCH_STUDY)] if len(parent_ids) > 1 else []
     params = [column("params", a) for a in axes]
     mets = [column("metrics", m) for m in metrics]
     cols = mets + study + params  # the numbers first: visible without scrolling however many axes follow
@@ -78,7 +80,7 @@ def experiment_view(fetch: Fetch, experiment_id: str) -> dict[str, Any] | None:
     logged: set[str] = set()
     for r in trials:
         try:
-            cell = json.loads(_tags(r).get("bench.cell") or "{}")
+            cell = json.loads(_tags(r).get(BENCH_CELL) or "{}")
         except ValueError:
             cell = {}
         axes.update(dict.fromkeys(k for k in cell if k not in REPEAT_AXES))

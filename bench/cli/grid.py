@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace, kind: str) -> int:
-    if args.workers is not None or args.gpus is not None:  # N local workers under one parent
+    if getattr(args, "workers", None) is not None or getattr(args, "gpus", None) is not None:  # N local workers under one parent
         from bench.launch.local import launch
 
         return launch(args, kind)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from bench.launch.gpus import assign, visible_gpus
 from bench.launch.options import worker_argv
+from bench.record.names import ATTR_MLFLOW_PARENT_RUN_ID, BENCH_OUTCOME
 
 DEFAULT_GRACE_S = 60.0
 POLL_S = 1.0
@@ -271,9 +272,9 @@ class _Store:
                 study = optuna.load_study(study_name=part.name, storage=self.storage)
                 reap(study, self.storage)
                 close_orphan_runs(study, tracker)
-                parent = study.user_attrs.get("mlflow_parent_run_id")
+                parent = study.user_attrs.get(ATTR_MLFLOW_PARENT_RUN_ID)
                 if parent and tracker.client.get_run(parent).info.status == "RUNNING":
-                    tracker.end_parent(parent, {}, status="KILLED", tags={"bench.outcome": "interrupted"})
+                    tracker.end_parent(parent, {}, status="KILLED", tags={BENCH_OUTCOME: "interrupted"})
 
 
 class _Bar:

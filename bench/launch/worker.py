@@ -16,8 +16,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from bench.cli.common import UsageError
+from bench.record.names import ARTIFACT_STUDY
 
-STUDY_FILE, SETTINGS_FILE = "study.yaml", "bench.yaml"
+STUDY_FILE, SETTINGS_FILE = ARTIFACT_STUDY, "bench.yaml"
 
 
 @dataclass

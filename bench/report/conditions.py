@@ -39,7 +39,7 @@ def saturation_notes(st: Study, scores: dict, runs: pd.DataFrame, client=None) -
     condition value (the cell is the tie-break's), or equal at every epoch of a selected
     cell's runs (the epoch is the first, by tie-break)."""
     from bench.selection import condition_of
-    from bench.tracking import CURVE
+    from bench.record.names import curve as curve_key
 
     metric = "validation R@1" if st.select_on == "val" else "test R@1"
     notes = []
@@ -58,7 +58,7 @@ def saturation_notes(st: Study, scores: dict, runs: pd.DataFrame, client=None) -
     for cell in selected_cells(st).values():
         flat = []
         for run_id in runs[runs["cell"] == cell]["run_id"]:
-            curve = [m.value for m in client.get_metric_history(run_id, f"{CURVE}{score_name(st.select_on)}")]
+            curve = [m.value for m in client.get_metric_history(run_id, curve_key(score_name(st.select_on)))]
             flat.append(len(curve) > 1 and len(set(curve)) == 1)
         if flat and all(flat):
             notes.append(f"{metric} is the same at every epoch of the selected cell {cell}'s runs: the selected epoch "

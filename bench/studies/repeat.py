@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from bench.config import ConfigError, Settings
+from bench.record import names as n
 from bench.studies.spec import StudySpec
 
 REPEAT_SUFFIX = ".repeat"
@@ -46,7 +47,6 @@ def fresh_seeds(used: set[int], n: int) -> list[int]:
 def _config(client, run_id: str) -> dict[str, Any]:
     import yaml
 
-    from bench.record import names as n
     from bench.record.reader import read_artifact
 
     text = read_artifact(client, run_id, n.ARTIFACT_CONFIG)
@@ -57,7 +57,6 @@ def _config(client, run_id: str) -> dict[str, Any]:
 
 def _earlier_seeds(client, experiment_id: str, name: str) -> list[int] | None:
     """The seeds an earlier ``bench repeat`` gave study ``name``, from its parent run's study.yaml."""
-    from bench.record import names as n
     from bench.record.reader import study_yaml
 
     flt = n.tag_filter(n.BENCH_ROLE, n.ROLE_PARENT) + " and " + n.tag_filter(n.BENCH_STUDY, name)
@@ -72,7 +71,6 @@ def _earlier_seeds(client, experiment_id: str, name: str) -> list[int] | None:
 def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | None = None,
                  tracking_uri: str = "") -> list[RepeatPlan]:
     """One plan per study of ``experiment`` (or of ``studies``) with a selected cell."""
-    from bench.record import names as n
     from bench.record.reader import load_runset
 
     if seeds < 1:
@@ -115,7 +113,6 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
 def run_repeats(settings: Settings, experiment: str, seeds: int, studies: Sequence[str] | None = None, *,
                 storage: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Plan and run every study's repeats; returns one summary per study."""
-    from bench.record import names as n
     from bench.record.reader import open_store
     from bench.studies.runner import run_study
 
@@ -152,7 +149,7 @@ def repeat_stats(client, parent_run_id: str, study: str, cell: str) -> dict[str,
 def stats_line(row: dict[str, Any]) -> str:
     """``study {cell}: test R@1 0.7833 ± 0.0040, validation R@1 ... (n = 5, 95 % Student-t)``."""
     parts = []
-    for m, name in (("test_recall_at_1", "test R@1"), ("val_recall_at_1", "validation R@1")):
+    for m, name in ((n.METRIC_TEST_RECALL_AT_1, "test R@1"), (n.METRIC_VAL_RECALL_AT_1, "validation R@1")):
         st = row.get(m) or {}
         if not st.get("n"):
             parts.append(f"{name} –")
@@ -160,6 +157,6 @@ def stats_line(row: dict[str, Any]) -> str:
             parts.append(f"{name} {st['mean']:.4f} (one run, no interval)")
         else:
             parts.append(f"{name} {st['mean']:.4f} ± {(st['ci_high'] - st['ci_low']) / 2:.4f}")
-    n = (row.get("test_recall_at_1") or {}).get("n", 0)
+    count = (row.get(n.METRIC_TEST_RECALL_AT_1) or {}).get("n", 0)
     return (f"{row['study']} {json.dumps(row['cell'], sort_keys=True)}: " + ", ".join(parts)
-            + (f" (n = {n} fresh seeds, 95 % Student-t interval)" if n >= 2 else ""))
+            + (f" (n = {count} fresh seeds, 95 % Student-t interval)" if count >= 2 else ""))
