@@ -85,7 +85,9 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
                     & (runs["params.loss.delta"].astype(float) == sel.y.iloc[0])].iloc[0]
     for k in (1, 2, 4):
         assert rk[rk.k == k]["mean"].iloc[0] == pytest.approx(best_run[f"metrics.test_recall_at_{k}"])
-    assert f"**{100 * best_run['metrics.test_recall_at_1']:.1f}**" in (tmp / "reports" / "recall_at_k.md").read_text()
+    table = (tmp / "reports" / "recall_at_k.md").read_text()
+    r1 = f"{100 * best_run['metrics.test_recall_at_1']:.1f}"
+    assert f"| {r1} |" in table and f"**{r1}**" not in table  # one row of one run: nothing is clear of anything
     assert r"\textbf{" in (tmp / "reports" / "recall_at_k.tex").read_text()
     conv = pd.read_csv(tmp / "reports" / "convergence.csv")
     assert sorted(conv.epoch) == [1, 2, 3] and conv["mean"].max() == pytest.approx(best_run["metrics.val_recall_at_1"])
