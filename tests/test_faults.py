@@ -16,7 +16,7 @@ import pytest
 from bench.studies import faults
 from fleet_kit import Project, postgres_database
 
-EXIT = {"kill": -9, "int": 130, "term": 130}
+EXIT = {"kill": -9, "int": 130, "term": 143}
 
 
 def storage_url(kind: str, tmp_path, request) -> str:

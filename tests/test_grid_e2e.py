@@ -281,7 +281,7 @@ def test_study_resume_counts_pruned_trials(stores, monkeypatch):
     settings, _ = stores
     spec = StudySpec(experiment="pr", kind="study", n_trials=3, sampler="random", pack="off",
                      space={"loss.alpha": {"uniform": [8, 64]}})
-    import bench.studies.runner as st
+    import bench.studies.worker as st
 
     real = st.run_trial
 
