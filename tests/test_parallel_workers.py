@@ -43,3 +43,29 @@ def test_two_workers_run_each_cell_exactly_once(tmp_path, tiny_trial):
     assert len(trials) == 8 and set(trials.status) == {"FINISHED"}
     assert len(runs_frame(client, [eid], "tags.`bench.role` = 'parent'")) == 1
     assert trials["tags.mlflow.parentRunId"].nunique() == 1
+
+
+def test_two_workers_racing_to_create_the_parent_leave_no_deleted_run_running(tmp_path):
+    """The loser of the race deletes its parent run after ending it (a deleted run left
+    RUNNING would count as a live run to anything that searches deleted runs)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from bench.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(uri, "race", str(tmp_path / "art"))
+    keep = first.parent_run("race", "grid", {})
+    second = Tracker(uri, "race", str(tmp_path / "art"))
+    real, calls = second._parents, []
+
+    def parents(study):  # the second worker looked before the first had created its parent
+        calls.append(study)
+        return [] if len(calls) == 1 else real(study)
+
+    second._parents = parents
+    assert second.parent_run("race", "grid", {}) == keep
+    client = MlflowClient(uri)
+    runs = client.search_runs([first.experiment_id], run_view_type=ViewType.ALL)
+    lost = [r for r in runs if r.info.run_id != keep]
+    assert len(lost) == 1 and lost[0].info.lifecycle_stage == "deleted" and lost[0].info.status == "KILLED"
