@@ -53,6 +53,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def study_key(storage: str, study: str) -> str:
+    """What a worker's pid file holds: its study, by storage (hashed: no password in the
+    file) and name, so workers of equal names in other stores are not counted together."""
+    import hashlib
+
+    return f"{hashlib.sha1(storage.encode()).hexdigest()[:12]} {study}"
+
+
 def register_worker(study: str | None = None) -> None:
     """Count this process as a live worker until it exits, working on ``study`` (its pid
     file holds the name; None: the study it registered with last)."""
@@ -80,7 +88,8 @@ def _unregister(path: Path) -> None:
 
 def live_workers(study: str | None = None) -> int:
     """Live registered workers on this machine (this one included once registered); with
-    ``study``, only those working on it (or on the study file it is a variant of)."""
+    ``study`` (a :func:`study_key`), only those working on it (or on the study file it is a
+    variant of)."""
     n = 0
     for f in _registry().iterdir():
         if not (f.name.isdigit() and pid_alive(int(f.name))):

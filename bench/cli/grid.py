@@ -34,7 +34,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
     from bench import threads
 
-    threads.register_worker(spec.name)  # before the heavy imports: workers started together see each other
+    threads.register_worker(threads.study_key(s.storage, spec.name))  # before the heavy imports: workers
+    # started together count each other
     if getattr(args, "pack", None) is not None:
         spec = spec.model_copy(update={"pack": args.pack})
     if getattr(args, "threads", None) is not None:  # the command line beats the file's threads:

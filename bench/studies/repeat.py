@@ -51,6 +51,12 @@ def _config(client, run_id: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def _recorded_threads(client, run_id: str) -> int | None:
+    """The thread count the selected run trained with (``bench.threads``), for its repeats."""
+    value = client.get_run(run_id).data.tags.get("bench.threads", "")
+    return int(value) if value.isdigit() else None
+
+
 def _earlier_seeds(client, experiment_id: str, name: str) -> list[int] | None:
     """The seeds an earlier ``bench repeat`` gave study ``name``, from its parent run's study.yaml."""
     from bench.report.runs import study_yaml
@@ -91,7 +97,8 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
                               f"{len(before)} resumes it (to change the count, delete that study first)")
         spec = StudySpec(experiment=experiment, study_name=st.name + REPEAT_SUFFIX, kind="grid",
                          description=f"fresh-seed repeats of {st.name}'s selected cell {st.selected}",
-                         trial=config, grid={"train.seed": fresh})
+                         trial=config, grid={"train.seed": fresh},
+                         threads=_recorded_threads(client, chosen["run_id"].iloc[0]))
         plans.append(RepeatPlan(st.name, st.parent_run_id, st.selected, fresh, spec))
     if not plans:
         raise ConfigError(f"experiment {experiment!r} has no study with a selected cell to repeat "

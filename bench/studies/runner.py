@@ -80,10 +80,10 @@ def run_study(
     datasets = {} if datasets is None else datasets
     if not checked:
         preflight(validate_cells(settings, spec), datasets, data_root or settings.data_root)
-    threads.register_worker(spec.name)  # counted by other workers' shares from here on
     storage_url = storage or settings.storage
+    threads.register_worker(threads.study_key(storage_url, spec.name))  # counted in other workers' shares
     store = make_storage(storage_url)
-    worker = StudyWorker(spec, settings, store, datasets=datasets, data_root=data_root, retry_failed=retry_failed,
+    worker = StudyWorker(spec, settings, store, storage_url, datasets=datasets, data_root=data_root, retry_failed=retry_failed,
                          trial_tags=trial_tags)
     study = optuna.create_study(study_name=spec.name, storage=store, sampler=make_sampler(spec, worker.next_cell, store),
                                 pruner=make_pruner(spec), direction="maximize", load_if_exists=True)

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import random
 import sys
 import time
+import traceback
 import uuid
 import warnings
 from collections import Counter
@@ -79,9 +81,10 @@ class TrialCell:
 class StudyWorker:
     """The state one worker keeps while it runs trials of one study."""
 
-    def __init__(self, spec: StudySpec, settings: Settings, store, *, datasets: dict[str, Any],
+    def __init__(self, spec: StudySpec, settings: Settings, store, storage_url: str, *, datasets: dict[str, Any],
                  data_root: str | None, retry_failed: bool, trial_tags: dict[str, str] | None):
         self.spec, self.settings, self.store = spec, settings, store
+        self.key = threads.study_key(storage_url, spec.name)  # how live workers of this study are counted
         self.datasets, self.data_root = datasets, data_root or settings.data_root
         self.retry_failed, self.trial_tags = retry_failed, trial_tags or {}
         self.grid = spec.kind == "grid"
@@ -211,7 +214,7 @@ class StudyWorker:
         host = worker_id().rpartition(":")[0]
         remote = {str(t.user_attrs.get("worker")) for t in self.study.get_trials(deepcopy=False, states=(TS.RUNNING,))
                   if not str(t.user_attrs.get("worker", host + ":")).startswith(host + ":")}
-        return threads.live_workers(self.spec.name) + len(remote)
+        return threads.live_workers(self.key) + len(remote)
 
     def next_cell(self, rng: random.Random) -> dict[str, Any]:
         """The cell for a new grid trial (:class:`~bench.studies.cell_sampler.CellSampler`):
@@ -313,6 +316,8 @@ class StudyWorker:
         else:  # any failure ends this trial only; the study goes on
             kind, reason = "error", f"{type(e).__name__}: {e}"
         self.fail(c, kind, reason)
+        if os.environ.get("BENCH_DEBUG") and kind != "interrupted":  # the traceback only when asked for
+            traceback.print_exception(e, file=sys.stderr)
         return TS.FAIL
 
     def prune(self, c: TrialCell, e: optuna.TrialPruned) -> None:
