@@ -91,7 +91,8 @@ def test_a_worker_takes_only_its_share_of_a_pack_when_other_workers_are_live(set
         return 2 if study is not None else real()
 
     monkeypatch.setattr(threads, "live_workers", two)
-    out = run_study(StudySpec(experiment="share", grid=GRID), settings, progress=False)
+    monkeypatch.setattr(threads, "cores", lambda: 2)  # room for two one-thread workers
+    out = run_study(StudySpec(experiment="share", grid=GRID, threads=1), settings, progress=False)
     assert out.completed == 4 and seen and all(" share" in k for k in seen if k)  # counted per study
     _, runs = runs_by_name(settings, "share")
     # half of 4, then (the other worker still "live") half of the 2 left, twice

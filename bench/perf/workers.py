@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 
-def one(workers: int, cells: int, threads: int | None, pack: str = "auto") -> tuple[float, list[int]]:
-    """(wall seconds, cells trained per worker) of one row."""
+def one(workers: int, cells: int, threads: int | None, pack: str = "auto") -> tuple[float, list[int], int]:
+    """(wall seconds, cells trained per worker, threads per trial) of one row."""
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         alphas = [4.0 * (i + 1) for i in range(cells // 2)]
@@ -47,18 +47,19 @@ def one(workers: int, cells: int, threads: int | None, pack: str = "auto") -> tu
             if p.wait() != 0:
                 raise SystemExit(p.stderr.read().decode())
         wall = time.perf_counter() - t0
-        return wall, trained_per_worker(root / "optuna.journal", [p.pid for p in procs])
+        return wall, *trained_per_worker(root / "optuna.journal", [p.pid for p in procs])
 
 
-def trained_per_worker(journal: Path, pids: list[int]) -> list[int]:
-    """Complete trials per worker process, from the study's ``worker`` attributes."""
+def trained_per_worker(journal: Path, pids: list[int]) -> tuple[list[int], int]:
+    """Complete trials per worker process (the study's ``worker`` attributes), and the
+    thread count the study trained at."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     study = optuna.load_study(study_name="w", storage=JournalStorage(JournalFileBackend(str(journal))))
     done = [str(t.user_attrs.get("worker", "")) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
-    return [sum(w.endswith(f":{pid}") for w in done) for pid in pids]
+    return [sum(w.endswith(f":{pid}") for w in done) for pid in pids], study.user_attrs.get("threads", 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="force threads per worker (default: the budget)")
     a = ap.parse_args(argv)
     print(f"{a.cells} cells; load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}")
-    print(f"{'pack':>5} {'workers':>8} {'seconds':>8} {'vs 1 worker':>12}  {'cells per worker':<18} target <= 1.05")
+    print(f"{'pack':>5} {'workers':>8} {'threads':>8} {'seconds':>8} {'vs 1 worker':>12}  {'cells per worker':<18} "
+          "target <= 1.05")
     for pack in a.pack:
         base = None
         for w in a.workers:
-            s, split = one(w, a.cells, a.threads, pack)
+            s, split, n_threads = one(w, a.cells, a.threads, pack)
             base = base or s
-            print(f"{pack:>5} {w:>8} {s:>8.1f} {s / base:>12.2f}  {' '.join(map(str, split)):<18} "
+            print(f"{pack:>5} {w:>8} {n_threads:>8} {s:>8.1f} {s / base:>12.2f}  {' '.join(map(str, split)):<18} "
                   f"{'ok' if s <= base * 1.05 else 'SLOWER'}")
     print(f"load average after: {os.getloadavg()}")
     return 0

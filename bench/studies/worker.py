@@ -209,12 +209,14 @@ class StudyWorker:
         return len(self.want)
 
     def live_workers(self) -> int:
-        """Workers that share the work: live bench workers on this machine, and workers of
-        this study on other machines."""
+        """Workers a round's cells are shared with: live workers of this study on this
+        machine, as many as its cores can train at the study's thread count at once (more
+        would only queue for the same cores), and workers of the study on other machines."""
         host = worker_id().rpartition(":")[0]
         remote = {str(t.user_attrs.get("worker")) for t in self.study.get_trials(deepcopy=False, states=(TS.RUNNING,))
                   if not str(t.user_attrs.get("worker", host + ":")).startswith(host + ":")}
-        return threads.live_workers(self.key) + len(remote)
+        local = min(threads.live_workers(self.key), max(1, threads.cores() // self.threads))
+        return local + len(remote)
 
     def next_cell(self, rng: random.Random) -> dict[str, Any]:
         """The cell for a new grid trial (:class:`~bench.studies.cell_sampler.CellSampler`):
