@@ -55,10 +55,10 @@ def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
-def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+def stale_trials(study: optuna.Study, storage: BaseStorage) -> list[FrozenTrial]:
     """The running trials Optuna's sweep (:func:`fail_stale_trials`) would fail now: their
-    heartbeat stopped (so the runner records why before they are failed)."""
-    storage = study._storage
+    heartbeat stopped (so the runner records why before they are failed). ``storage``: the
+    study's, as opened (the study holds it wrapped in a cache)."""
     if not has_heartbeat(storage):
         return []
     return [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]

@@ -93,7 +93,7 @@ def reap(study: optuna.Study, storage) -> list[int]:
     workers on this host can be checked.
     """
     if optuna_compat.has_heartbeat(storage):
-        for t in optuna_compat.stale_trials(study):
+        for t in optuna_compat.stale_trials(study, storage):
             _mark_died(storage, study, t)
         optuna_compat.fail_stale_trials(study)
     host, reaped = socket.gethostname(), []

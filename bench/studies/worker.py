@@ -356,8 +356,9 @@ class StudyWorker:
         for c in pending:
             if c.trial.number in told:  # interrupted after its tell: recorded; its run is
                 continue  # closed from the trial's state (recovery.close_orphan_runs)
-            self.settle(c, stop)
-            self.study.tell(c.trial, state=TS.FAIL)
+            with contextlib.suppress(Exception):  # a store gone now: the next worker reaps the trial
+                self.settle(c, stop)
+                self.study.tell(c.trial, state=TS.FAIL)
 
     def record_end(self, ft: optuna.trial.FrozenTrial) -> None:
         """A recorded trial: its run closed (complete ones in the background), the bar moved."""
