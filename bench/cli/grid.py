@@ -78,8 +78,10 @@ def report_failures(outs, experiment: str) -> int:
             cells = ", ".join(_cell(f["cell"]) for f in fs[:4]) + (f", ... ({len(fs) - 4} more)" if len(fs) > 4 else "")
             print(f"  {len(fs)} x {reason}  [{cells}]", file=sys.stderr)
     if empty:
-        print(f"error: no trial completed in {', '.join(empty)}; fix the reason above and rerun "
-              "(the study keeps its settings: a changed file is refused until bench studies delete)", file=sys.stderr)
+        where = ("the reason above" if any(o.failures for o in outs)
+                 else f"what bench studies show {quote(empty[0])} lists")
+        print(f"error: no trial completed in {', '.join(empty)}; fix {where}, then rerun (the study keeps "
+              "its settings: a changed file is refused until bench studies delete)", file=sys.stderr)
         return 1
     print(f"experiment {experiment!r}: bench report --experiment {quote(experiment)}", file=sys.stderr)
     return 0

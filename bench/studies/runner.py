@@ -83,10 +83,10 @@ def run_study(
     storage_url = storage or settings.storage
     threads.register_worker(threads.study_key(storage_url, spec.name))  # counted in other workers' shares
     store = make_storage(storage_url)
-    worker = StudyWorker(spec, settings, store, storage_url, datasets=datasets, data_root=data_root, retry_failed=retry_failed,
-                         trial_tags=trial_tags)
-    study = optuna.create_study(study_name=spec.name, storage=store, sampler=make_sampler(spec, worker.next_cell, store),
-                                pruner=make_pruner(spec), direction="maximize", load_if_exists=True)
+    worker = StudyWorker(spec, settings, store, storage_url, datasets=datasets, data_root=data_root,
+                         retry_failed=retry_failed, trial_tags=trial_tags)
+    study = optuna.create_study(study_name=spec.name, storage=store, direction="maximize", load_if_exists=True,
+                                sampler=make_sampler(spec, worker.next_cell, store), pruner=make_pruner(spec))
     spec_dump, base_trial = spec.model_dump(mode="json"), trial_settings(settings, spec)
     refuse_changed_study(study, spec, spec_dump, base_trial, storage_url)
     n_threads = threads.pin(threads_per_worker or spec.threads or settings.threads, study.user_attrs.get("threads"),
@@ -111,10 +111,9 @@ def run_study(
         if worker.bar is not None:
             worker.bar.close()
         best = summarise(study, tracker, parent, interrupted, worker.counts)
-    c = worker.counts
+    c, complete = worker.counts, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return StudyOutcome(spec.name, c["completed"], c["failed"], already, best, parent, c["pruned"], c["repaired"],
-                        worker.failures, len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
-                        n_threads)
+                        worker.failures, len(complete), n_threads)
 
 
 def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | None = None, *,
