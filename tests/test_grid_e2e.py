@@ -297,6 +297,8 @@ def test_a_grid_whose_every_cell_fails_says_why_once_and_exits_non_zero(stores, 
     err = capsys.readouterr().err
     assert err.count("2 x loss became nan at epoch 1, step 1") == 1, err
     assert "no trial completed in allbad" in err and "bench report" not in err and "Traceback" not in err
+    assert main(["studies", "show", "allbad"]) == 0  # the same reasons, each once, from the study
+    assert "2 x loss became nan at epoch 1, step 1: trial 0 (" in capsys.readouterr().out
     monkeypatch.setattr(ProxyAnchorLoss, "forward", real)
     (tmp / "g.yaml").write_text(yaml.safe_dump({"experiment": "somebad", "pack": "off",
                                                 "grid": {"loss.alpha": [16.0, 32.0]}}))
