@@ -156,7 +156,7 @@ def test_bad_cell_fails_before_any_trial(stores):
 def test_changed_grid_under_same_name_is_refused(stores):
     settings, _ = stores
     run_study(StudySpec(experiment="g", grid={"loss.alpha": [32.0]}), settings, progress=False)
-    with pytest.raises(ConfigError, match=r"other grid/space \(grid\.loss\.alpha: \[32\.0\] -> \[16\.0\]\)"):
+    with pytest.raises(ConfigError, match=r"other grid/space: grid\.loss\.alpha: \[32\.0\] -> \[16\.0\];"):
         run_study(StudySpec(experiment="g", grid={"loss.alpha": [16.0]}), settings, progress=False)
 
 

@@ -171,8 +171,8 @@ def refuse_changed_study(study, spec: StudySpec, spec_dump: dict, base_trial: di
     if changed:
         shown = "; ".join(diffs[:8]) + (f"; ... and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         raise ConfigError(
-            f"study {spec.name!r} already exists in {mask_url(storage_url)} with other {' and '.join(changed)} "
-            f"({shown}); resuming would mix results: give the study file a new 'experiment:' (or study_name:) "
+            f"study {spec.name!r} already exists in {mask_url(storage_url)} with other {' and '.join(changed)}: "
+            f"{shown}; resuming would mix results: give the study file a new 'experiment:' (or study_name:) "
             "or delete the old study (bench studies delete)"
         )
 
