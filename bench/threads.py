@@ -90,7 +90,17 @@ def live_workers(study: str | None = None) -> int:
     """Live registered workers on this machine (this one included once registered); with
     ``study`` (a :func:`study_key`), only those working on it (or on the study file it is a
     variant of)."""
-    n = 0
+    return max(len(_live_pids(study)), 1)
+
+
+def ahead_of_me(study: str) -> int:
+    """Live registered workers of ``study`` on this machine started before this one (lower
+    pid): the first ``cores // threads`` workers train, the others wait for a free slot."""
+    return sum(pid < os.getpid() for pid in _live_pids(study))
+
+
+def _live_pids(study: str | None) -> list[int]:
+    pids = []
     for f in _registry().iterdir():
         if not (f.name.isdigit() and pid_alive(int(f.name))):
             f.unlink(missing_ok=True)
@@ -102,8 +112,8 @@ def live_workers(study: str | None = None) -> int:
                 continue
             if not theirs or not (study == theirs or study.startswith(theirs + ".")):
                 continue
-        n += 1
-    return max(n, 1)
+        pids.append(int(f.name))
+    return pids
 
 
 def requested(asked: int | None = None) -> int | None:

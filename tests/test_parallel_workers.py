@@ -69,3 +69,20 @@ def test_two_workers_racing_to_create_the_parent_leave_no_deleted_run_running(tm
     runs = client.search_runs([first.experiment_id], run_view_type=ViewType.ALL)
     lost = [r for r in runs if r.info.run_id != keep]
     assert len(lost) == 1 and lost[0].info.lifecycle_stage == "deleted" and lost[0].info.status == "KILLED"
+
+
+def test_a_worker_beyond_the_cores_waits_for_a_free_slot(tmp_path, tiny_trial, monkeypatch, capsys):
+    """One core, one thread per trial, one earlier worker of the study still training: this
+    worker waits (a second would only slow both down) and trains once the slot is free."""
+    from bench import threads
+    from bench.config import Settings
+    from bench.studies import StudySpec, run_study
+
+    calls = []
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: calls.append(key) or (1 if len(calls) <= 2 else 0))
+    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    out = run_study(StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
+    assert out.completed == 1 and len(calls) >= 3
+    assert capsys.readouterr().err.count("this worker waits: the workers before it fill this machine's cores") == 1

@@ -152,16 +152,16 @@ class StudyWorker:
             if any(t.state == TS.WAITING for t in trials):
                 return True  # queued (a heartbeat retry): the next ask pops it
             if self.grid:
-                if self.open_cells():
-                    return True
+                open_ = bool(self.open_cells())
                 held = list(Board.of(self.study, self.cells).held.values())
             else:
-                if self.search_room(trials) > 0:
-                    return True
+                open_ = self.search_room(trials) > 0
                 held = [t for t in trials if t.state == TS.RUNNING]
-            if not any(recovery.can_watch(t, self.store) for t in held):
+            if open_ and not self.surplus():
+                return True
+            if not open_ and not any(recovery.can_watch(t, self.store) for t in held):
                 return False
-            self.say_waiting(len(held))
+            self.say_waiting(len(held), open_)
             threads.idle()  # waiting: the workers that train count it no more
             time.sleep(POLL_S)
 
@@ -459,11 +459,18 @@ class StudyWorker:
         else:
             print(line, file=sys.stderr)
 
-    def say_waiting(self, held: int) -> None:
+    def surplus(self) -> bool:
+        """Do the workers of this study that started before this one already fill this
+        machine's cores at the study's thread count? Then this one waits (a worker more
+        would only make all of them slower) and takes a slot when one frees."""
+        return threads.ahead_of_me(self.key) >= max(1, threads.cores() // self.threads)
+
+    def say_waiting(self, held: int, open_: bool) -> None:
         if not self._said_waiting:
             self._said_waiting = True
-            self.say(f"{self.spec.name}: nothing left to take; waiting for {held} trial(s) other workers run "
-                     "(taken over if their worker dies)")
+            why = ("the workers before it fill this machine's cores" if open_
+                   else f"nothing left to take; {held} trial(s) run in other workers")
+            self.say(f"{self.spec.name}: this worker waits: {why} (it takes over if one stops)")
 
 
 def _label(cell: dict[str, Any]) -> str:
