@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import random
 import sys
@@ -55,8 +56,10 @@ ATTEMPTS_PER_RUN = 2
 #: A search packs at most 1/SEARCH_ROUNDS of its trials at once, so that its sampler sees
 #: the results of earlier packs (all trials asked at once would be a random search).
 SEARCH_ROUNDS = 4
-#: Seconds between looks at cells other live workers hold.
-POLL_S = 1.0
+#: Seconds between looks at cells other live workers hold: the first wait, doubling up to
+#: the last (a waiting worker costs its machine next to nothing; it notices a dead worker
+#: within POLL_MAX_S).
+POLL_S, POLL_MAX_S = 1.0, 5.0
 
 
 class Terminated(KeyboardInterrupt):
@@ -146,7 +149,7 @@ class StudyWorker:
     def work_left(self) -> bool:
         """Is there a trial for this worker to run? Waits while only trials that other live
         workers hold are left, and takes over the cells of those that die."""
-        while True:
+        for waits in itertools.count():
             self.counts["repaired"] += len(recovery.reap(self.study, self.store))
             trials = self.study.get_trials(deepcopy=False)
             if any(t.state == TS.WAITING for t in trials):
@@ -163,7 +166,8 @@ class StudyWorker:
                 return False
             self.say_waiting(len(held), open_)
             threads.idle()  # waiting: the workers that train count it no more
-            time.sleep(POLL_S)
+            time.sleep(min(POLL_S * 2**waits, POLL_MAX_S))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ asking
 
