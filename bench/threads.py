@@ -1,11 +1,18 @@
-"""One thread budget per machine: the CPU cores are shared by the live bench workers on it.
+"""Threads per trial: decided before a study's first trial, recorded, never changed while it trains.
 
-Each torch process defaults to one intra-op thread per core. Two or four grid workers on
-a 2-core machine then run 4-8 busy threads on 2 cores and the grid gets *slower* with
-more workers (measured: 34 s with one worker, 121 s with four). So every process that
-trains registers itself here and, before each trial, takes ``cores // live local
-workers`` threads (at least one) for torch and faiss, unless ``--threads`` / ``threads:``
-in bench.yaml / ``$BENCH_THREADS`` says otherwise.
+A CPU thread count changes a trial's numbers (torch splits its sums across threads, and a
+different split rounds differently), so a study trains every trial at one count: the
+count recorded with the study (Optuna user attribute ``threads``) if it has one, else the
+one asked for (the study file's ``threads:``, ``--threads``, bench.yaml's ``threads``,
+``$BENCH_THREADS``), else this worker's share of the machine's cores when the study
+starts: ``cores // live local workers`` (at least one). Each trial run records it
+(``bench.threads``). Asking for another count than the recorded one is refused: resuming
+would mix counts.
+
+The share is what keeps more workers from being slower: each torch process defaults to
+one intra-op thread per core, so four workers on a 2-core machine would run 8 busy threads
+on 2 cores (measured: 34 s with one worker, 121 s with four). Workers started together
+register first thing (``bench grid`` does before its imports), so the first sees the others.
 
 Live workers are counted through pid files in a per-user folder of the temporary
 directory; a file whose process is gone does not count (and is removed).
@@ -19,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 _registered: Path | None = None
+_study = ""  # the study this worker registered for (its pid file's content)
 
 
 def _registry() -> Path:
@@ -45,19 +53,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def register_worker() -> None:
-    """Count this process as a live worker until it exits (idempotent)."""
-    global _registered
-    if _registered is not None and _registered.name == str(os.getpid()):
-        return
-    _registered = _registry() / str(os.getpid())
-    _registered.touch()
-    atexit.register(_unregister, _registered)
+def study_key(storage: str, study: str) -> str:
+    """What a worker's pid file holds: its study, by storage (hashed: no password in the
+    file) and name, so workers of equal names in other stores are not counted together."""
+    import hashlib
+
+    return f"{hashlib.sha1(storage.encode()).hexdigest()[:12]} {study}"
+
+
+def register_worker(study: str | None = None) -> None:
+    """Count this process as a live worker until it exits, working on ``study`` (its pid
+    file holds the name; None: the study it registered with last)."""
+    global _registered, _study
+    _study = _study if study is None else study
+    path = _registry() / str(os.getpid())
+    if _registered != path:
+        _registered = path
+        atexit.register(_unregister, path)
+    path.write_text(_study)
 
 
 def idle() -> None:
-    """Stop counting this worker while it only waits for cells that others hold, so their
-    next :func:`apply` takes its cores; its own next :func:`apply` counts it again."""
+    """Stop counting this worker while it only waits for cells that others hold, so the
+    shares of those that train grow; its next :func:`register_worker` counts it again."""
     global _registered
     if _registered is not None:
         _unregister(_registered)
@@ -68,35 +86,77 @@ def _unregister(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def live_workers() -> int:
-    """Live registered workers on this machine (this one included once registered)."""
-    n = 0
+def live_workers(study: str | None = None) -> int:
+    """Live registered workers on this machine (this one included once registered); with
+    ``study`` (a :func:`study_key`), only those working on it (or on the study file it is a
+    variant of)."""
+    return max(len(_live_pids(study)), 1)
+
+
+def ahead_of_me(study: str) -> int:
+    """Live registered workers of ``study`` on this machine started before this one (lower
+    pid): the first ``cores // threads`` workers train, the others wait for a free slot."""
+    return sum(pid < os.getpid() for pid in _live_pids(study))
+
+
+def _live_pids(study: str | None) -> list[int]:
+    pids = []
     for f in _registry().iterdir():
-        if f.name.isdigit() and pid_alive(int(f.name)):
-            n += 1
-        else:
+        if not (f.name.isdigit() and pid_alive(int(f.name))):
             f.unlink(missing_ok=True)
-    return max(n, 1)
+            continue
+        if study is not None:
+            try:
+                theirs = f.read_text()
+            except OSError:
+                continue
+            if not theirs or not (study == theirs or study.startswith(theirs + ".")):
+                continue
+        pids.append(int(f.name))
+    return pids
 
 
-def budget(requested: int | None = None) -> int:
-    """Threads for this worker: ``requested`` (or ``$BENCH_THREADS``) if given, else its
-    share of the cores."""
-    if requested is None and os.environ.get("BENCH_THREADS"):
-        requested = int(os.environ["BENCH_THREADS"])
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"threads={requested}: give a positive number of threads (or leave it unset)")
-        return requested
-    return max(1, cores() // live_workers())
+def requested(asked: int | None = None) -> int | None:
+    """The count asked for: ``asked``, else ``$BENCH_THREADS``, else None (none asked)."""
+    if asked is None and os.environ.get("BENCH_THREADS"):
+        text = os.environ["BENCH_THREADS"]
+        if not text.strip().isdigit():
+            raise ValueError(f"BENCH_THREADS={text!r}: give a positive whole number of threads, e.g. BENCH_THREADS=1")
+        asked = int(text)
+    if asked is not None and asked < 1:
+        raise ValueError(f"threads={asked}: give a positive number of threads (or leave it unset)")
+    return asked
 
 
-def apply(requested: int | None = None) -> int:
+def budget(asked: int | None = None) -> int:
+    """Threads for this worker: the count asked for (:func:`requested`), else its share
+    of the cores."""
+    n = requested(asked)
+    return n if n is not None else max(1, cores() // live_workers())
+
+
+def pin(asked: int | None, recorded: int | None, study: str = "the study") -> int:
+    """The thread count of every trial of a study (see the module docstring)."""
+    n = requested(asked)
+    if recorded is not None and n is not None and n != int(recorded):
+        from bench.config import ConfigError
+
+        raise ConfigError(f"study {study!r} trains at {recorded} threads (recorded with it); threads={n} would "
+                          f"change its numbers: drop --threads/threads:/$BENCH_THREADS, ask for {recorded}, "
+                          "or give the study a new name")
+    return int(recorded) if recorded is not None else budget(n)
+
+
+def apply(asked: int | None = None) -> int:
     """Register this worker and set torch's (and faiss's) CPU threads to its budget."""
+    register_worker()
+    return set_threads(budget(asked))
+
+
+def set_threads(n: int) -> int:
+    """Set torch's and faiss's CPU threads to ``n`` (once per study: never while a trial trains)."""
     import torch
 
-    register_worker()
-    n = budget(requested)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     try:

@@ -16,7 +16,7 @@ import pytest
 from bench.studies import faults
 from fleet_kit import Project, postgres_database
 
-EXIT = {"kill": -9, "int": 130, "term": 130}
+EXIT = {"kill": -9, "int": 130, "term": 143}
 
 
 def storage_url(kind: str, tmp_path, request) -> str:
@@ -32,6 +32,7 @@ def fault_then_rerun(project: Project, fault: str, monkeypatch, workers: int = 1
     outs = project.run([fault if (i == 0 or all_faulty) else None for i in range(workers)])
     faulty = outs if all_faulty else outs[:1]
     assert all(rc == EXIT[action] for rc, _ in faulty), [o for _, o in faulty]  # the fault did happen
+    assert not any("Traceback" in out for _, out in faulty), [o for _, o in faulty]  # one line, no library trace
     assert all(rc == 0 for rc, _ in (outs[1:] if not all_faulty else [])), outs
     project.rerun_in_process(monkeypatch)  # the plain rerun
     census = project.census()
@@ -179,6 +180,58 @@ def test_ctrl_c_after_a_packed_cell_was_told_keeps_it_and_reruns_the_rest(tmp_pa
     assert (again.completed, again.skipped) == (3, 1)
     c = p.census()
     assert c.exactly_once(), c.row()
+
+
+@pytest.mark.parametrize("pack", ["off", "auto"])
+def test_an_artifact_that_cannot_be_written_fails_its_trial_which_is_retried(tmp_path, tiny_trial, monkeypatch, pack):
+    """A full artifact disk: the second history.csv cannot be written. That trial is not
+    FINISHED as complete: it fails as tracker_error, and runs again."""
+    from mlflow import MlflowClient
+
+    from bench.studies import run_study
+
+    p, s, spec = in_process(f"sqlite:///{tmp_path}/optuna.db", "", tmp_path, tiny_trial, monkeypatch, pack=pack)
+    real, calls = MlflowClient.log_text, []
+
+    def log_text(self, run_id, text, artifact_file):
+        if artifact_file == "history.csv":
+            calls.append(run_id)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+        return real(self, run_id, text, artifact_file)
+
+    monkeypatch.setattr(MlflowClient, "log_text", log_text)
+    out = run_study(spec, s, progress=False)
+    assert (out.completed, out.failed) == (4, 1)
+    assert [f["kind"] for f in out.failures] == ["tracker_error"] and "No space left" in out.failures[0]["reason"]
+    c = p.census()
+    assert c.exactly_once(), c.row()
+    assert c.run_statuses == {"FINISHED": 4, "FAILED": 1}
+    client = MlflowClient(p.tracking_uri)
+    exp = client.get_experiment_by_name(p.name)
+    for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
+        if r.data.tags.get("bench.role") == "trial":
+            assert {f.path for f in client.list_artifacts(r.info.run_id)} == {"config.yaml", "history.csv"}
+
+
+def test_a_resumed_search_proposes_no_point_twice(tmp_path, tiny_trial, monkeypatch):
+    """A TPE search killed mid-pack (Ctrl-C in its second pack) and rerun: every trial it
+    holds has its own point (the sampler continues its sequence instead of replaying it)."""
+    import optuna
+
+    from bench.studies import StudySpec, run_study
+
+    p, s, _ = in_process(f"sqlite:///{tmp_path}/optuna.db", "mid_epoch:int@3", tmp_path, tiny_trial, monkeypatch)
+    spec = StudySpec(experiment="tpe", kind="study", n_trials=8, sampler="tpe", seed=0, pack="auto", pack_size=2,
+                     space={"loss.alpha": {"log_uniform": [4, 64]}, "loss.delta": {"uniform": [0.0, 0.3]}})
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, s, progress=False)
+    monkeypatch.delenv("BENCH_FAULT")
+    again = run_study(spec, s, progress=False)
+    trials = optuna.load_study(study_name="tpe", storage=s.storage).trials
+    points = [tuple(sorted(t.params.items())) for t in trials]
+    assert again.completed == 6 and sum(t.state.name == "COMPLETE" for t in trials) == 8
+    assert len(set(points)) == len(points), points  # killed ones included: nothing drawn twice
 
 
 # ------------------------------------------------------------------ the matrix (slow)

@@ -149,7 +149,7 @@ def test_bad_cell_fails_before_any_trial(stores):
 def test_changed_grid_under_same_name_is_refused(stores):
     settings, _ = stores
     run_study(StudySpec(experiment="g", grid={"loss.alpha": [32.0]}), settings, progress=False)
-    with pytest.raises(ConfigError, match="other grid/space"):
+    with pytest.raises(ConfigError, match=r"other grid/space: grid\.loss\.alpha: \[32\.0\] -> \[16\.0\];"):
         run_study(StudySpec(experiment="g", grid={"loss.alpha": [16.0]}), settings, progress=False)
 
 
@@ -227,7 +227,7 @@ def test_changed_trial_settings_under_same_name_are_refused(stores):
     run_study(spec, settings, progress=False)
     again = StudySpec(experiment="t", grid={"loss.alpha": [32.0]}, trial={"train": {"epochs": 1}},
                       overrides={"train": {"epochs": 2}})
-    with pytest.raises(ConfigError, match="other trial settings"):
+    with pytest.raises(ConfigError, match=r"other trial settings.*train\.epochs: 1 -> 2"):
         run_study(again, settings, progress=False)
 
 
@@ -268,13 +268,45 @@ def test_dead_local_worker_cell_is_rerun(stores):
     done = [t.params["loss.alpha"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(done) == [16.0, 32.0]
     assert study.trials[ghost.number].state == optuna.trial.TrialState.FAIL
+    attrs = study.trials[ghost.number].user_attrs  # the reason MLflow's run gets, on the Optuna trial too
+    assert attrs["failure_kind"] == "worker_died" and f"{int(dead.stdout)} stopped during trial" in attrs["failure_reason"]
+
+
+def test_a_grid_whose_every_cell_fails_says_why_once_and_exits_non_zero(stores, monkeypatch, capsys):
+    import yaml
+
+    from bench.cli import main
+    from bench.losses import ProxyAnchorLoss
+
+    settings, tmp = stores
+    (tmp / "bench.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    (tmp / "g.yaml").write_text(yaml.safe_dump({"experiment": "allbad", "pack": "off",
+                                                "grid": {"loss.alpha": [16.0, 32.0]}}))
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp / "bench.yaml"))
+    real = ProxyAnchorLoss.forward
+    monkeypatch.setattr(ProxyAnchorLoss, "forward", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    assert main(["grid", "g.yaml", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("2 x loss became nan at epoch 1, step 1") == 1, err
+    assert "no trial completed in allbad" in err and "bench report" not in err and "Traceback" not in err
+    assert main(["studies", "show", "allbad"]) == 0  # the same reasons, each once, from the study
+    assert "2 x loss became nan at epoch 1, step 1: trial 0 (" in capsys.readouterr().out
+    monkeypatch.setattr(ProxyAnchorLoss, "forward", real)
+    (tmp / "g.yaml").write_text(yaml.safe_dump({"experiment": "somebad", "pack": "off",
+                                                "grid": {"loss.alpha": [16.0, 32.0]}}))
+    monkeypatch.setattr(ProxyAnchorLoss, "forward",
+                        lambda self, *a, **k: real(self, *a, **k) * (float("nan") if self.alpha == 32.0 else 1.0))
+    assert main(["grid", "g.yaml", "--no-progress"]) == 0  # one cell completed: a warning naming the other
+    err = capsys.readouterr().err
+    assert "1 trial(s) failed" in err and "1 x loss became nan" in err and "[loss.alpha=32]" in err, err
 
 
 def test_study_resume_counts_pruned_trials(stores, monkeypatch):
     settings, _ = stores
     spec = StudySpec(experiment="pr", kind="study", n_trials=3, sampler="random", pack="off",
                      space={"loss.alpha": {"uniform": [8, 64]}})
-    import bench.studies.runner as st
+    import bench.studies.worker as st
 
     real = st.run_trial
 

@@ -34,7 +34,9 @@ def test_stale_heartbeat_is_failed_and_requeued(tmp_path, monkeypatch):
     t.suggest_float("x", 0, 1)
     storage.record_heartbeat(t._trial_id)
     time.sleep(5.5)  # past the grace period (4 beats)
+    assert [x.number for x in optuna_compat.stale_trials(study, storage)] == [t.number]  # what the sweep will fail
     optuna_compat.fail_stale_trials(study)
+    assert optuna_compat.stale_trials(study, storage) == []
     states = [x.state for x in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert study.trials[1].params == study.trials[0].params  # the retry: same params, queued
@@ -51,3 +53,19 @@ def test_heartbeat_context_beats_for_an_asked_trial(tmp_path, monkeypatch):
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
     with optuna_compat.heartbeat(optuna.create_study(storage=make_storage(f"journal:{tmp_path}/j")).ask()):
         pass  # no heartbeats there: a no-op context
+
+
+def test_a_trial_whose_heartbeat_stopped_is_failed_with_its_reason(tmp_path, monkeypatch):
+    from bench.studies import recovery
+
+    monkeypatch.setenv("BENCH_HEARTBEAT", "1")
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db")
+    study = optuna.create_study(study_name="s", storage=storage)
+    t = study.ask()
+    t.set_user_attr("worker", "elsewhere:1")
+    storage.record_heartbeat(t._trial_id)
+    time.sleep(5.5)
+    recovery.reap(study, storage)
+    dead = study.trials[0]
+    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs["failure_kind"] == "worker_died"
+    assert "worker elsewhere:1 stopped during trial 0" in dead.user_attrs["failure_reason"]

@@ -76,3 +76,26 @@ def test_pack_off_on_the_command_line_overrides_the_file(tmp_path, tiny_trial, m
     assert main(["grid", "g.yaml", "--pack", "off", "--no-progress"]) == 0
     _, runs = runs_by_name(Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"), "cli")
     assert len(runs) == 2 and all("packed" not in r.data.metrics for r in runs.values())
+
+
+def test_a_worker_takes_only_its_share_of_a_pack_when_other_workers_are_live(settings, monkeypatch):
+    """Two live workers of the study: each pack holds half the open cells of its shape, so
+    the other worker has its half to train instead of waiting for one worker's whole pack."""
+    from bench import threads
+
+    seen = []
+    real = threads.live_workers
+
+    def two(study=None):
+        seen.append(study)
+        return 2 if study is not None else real()
+
+    monkeypatch.setattr(threads, "live_workers", two)
+    monkeypatch.setattr(threads, "cores", lambda: 2)  # room for two one-thread workers
+    out = run_study(StudySpec(experiment="share", grid=GRID, threads=1), settings, progress=False)
+    assert out.completed == 4 and seen and all(" share" in k for k in seen if k)  # counted per study
+    _, runs = runs_by_name(settings, "share")
+    # half of 4, then (the other worker still "live") half of the 2 left, twice
+    assert sorted(r.data.metrics.get("packed", 1) for r in runs.values()) == [1, 1, 2, 2]
+    assert sorted(r.data.tags["bench.pack_size"] for r in runs.values()) == ["1", "1", "2", "2"]
+    assert len({r.data.tags["bench.pack_id"] for r in runs.values()}) == 3

@@ -43,3 +43,46 @@ def test_two_workers_run_each_cell_exactly_once(tmp_path, tiny_trial):
     assert len(trials) == 8 and set(trials.status) == {"FINISHED"}
     assert len(runs_frame(client, [eid], "tags.`bench.role` = 'parent'")) == 1
     assert trials["tags.mlflow.parentRunId"].nunique() == 1
+
+
+def test_two_workers_racing_to_create_the_parent_leave_no_deleted_run_running(tmp_path):
+    """The loser of the race deletes its parent run after ending it (a deleted run left
+    RUNNING would count as a live run to anything that searches deleted runs)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from bench.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(uri, "race", str(tmp_path / "art"))
+    keep = first.parent_run("race", "grid", {})
+    second = Tracker(uri, "race", str(tmp_path / "art"))
+    real, calls = second._parents, []
+
+    def parents(study):  # the second worker looked before the first had created its parent
+        calls.append(study)
+        return [] if len(calls) == 1 else real(study)
+
+    second._parents = parents
+    assert second.parent_run("race", "grid", {}) == keep
+    client = MlflowClient(uri)
+    runs = client.search_runs([first.experiment_id], run_view_type=ViewType.ALL)
+    lost = [r for r in runs if r.info.run_id != keep]
+    assert len(lost) == 1 and lost[0].info.lifecycle_stage == "deleted" and lost[0].info.status == "KILLED"
+
+
+def test_a_worker_beyond_the_cores_waits_for_a_free_slot(tmp_path, tiny_trial, monkeypatch, capsys):
+    """One core, one thread per trial, one earlier worker of the study still training: this
+    worker waits (a second would only slow both down) and trains once the slot is free."""
+    from bench import threads
+    from bench.config import Settings
+    from bench.studies import StudySpec, run_study
+
+    calls = []
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: calls.append(key) or (1 if len(calls) <= 2 else 0))
+    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    out = run_study(StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
+    assert out.completed == 1 and len(calls) >= 3
+    assert capsys.readouterr().err.count("this worker waits: the workers before it fill this machine's cores") == 1

@@ -136,6 +136,7 @@ def test_repeat_retrains_the_selected_cell_with_fresh_seeds_once(store):
     rep, grid = runs[is_rep], runs[~is_rep]
     assert len(rep) == 2 and set(rep["status"]) == {"FINISHED"}
     assert sorted(rep["params.train.seed"]) == ["1", "2"] and set(grid["params.train.seed"]) == {"0"}
+    assert set(rep["tags.bench.threads"]) == set(grid["tags.bench.threads"])  # the grid's recorded count
     res = build_report(settings.tracking_uri, "alr", tmp / "rep2", log_artifacts=False)
     cell = res["studies"]["Proxy-Anchor"]["selected"]
     assert set(rep["tags.bench.repeat_of"]) == {cell}

@@ -67,16 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.fn(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # SIGTERM during a study arrives as one too (its exit_code: 143)
         print("interrupted; rerun the same command to resume (nothing is lost)", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
     except Exception as e:
         if os.environ.get("BENCH_DEBUG"):
             raise
         expected = isinstance(e, (ConfigError, UsageError, LookupError, OSError, ValueError)) or _trial_failed(e)
-        if _trial_failed(e):
-            print(f"error: the trial failed: {_one_line(e)}; lower train.lr or loss.alpha, or check the data",
-                  file=sys.stderr)
+        if _trial_failed(e):  # the hint only for a loss that blew up, not for a setting the trial refused
+            hint = "; lower train.lr or loss.alpha, or check the data" if "loss became" in str(e) else ""
+            print(f"error: the trial failed: {_one_line(e)}{hint}", file=sys.stderr)
         else:
             print(f"error: {_one_line(e)}", file=sys.stderr)
         if not isinstance(e, (ConfigError, UsageError)):

@@ -45,8 +45,14 @@ def run(args: argparse.Namespace, kind: str) -> int:
     spec = load_spec(args.file)
     if spec.kind != kind:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {shlex.quote(args.file)}")
+    from bench import threads
+
+    threads.register_worker(threads.study_key(s.storage, spec.name))  # before the heavy imports: workers
+    # started together count each other
     if getattr(args, "pack", None) is not None:
         spec = spec.model_copy(update={"pack": args.pack})
+    if getattr(args, "threads", None) is not None:  # the command line beats the file's threads:
+        spec = spec.model_copy(update={"threads": args.threads})
     for k, v in parse_sets(args.set).items():  # applied last, over every variant's own trial settings
         set_dotted(spec.overrides, k, v)
     from bench.stores import check_stores
@@ -57,7 +63,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
     datasets = check_suite(spec, s)  # every cell against its dataset, before the runner's imports
     from bench.studies import run_suite
 
-    outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress, datasets=datasets)
+    outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress, datasets=datasets,
+                     checked=True)
     rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
              "already_done": o.skipped, "best": o.best} for o in outs]
     if spec.repeat.seeds:  # the file's repeat: block: fresh-seed repeats of each selected cell
@@ -66,5 +73,35 @@ def run(args: argparse.Namespace, kind: str) -> int:
         rows += run_repeats(s, spec.experiment, spec.repeat.seeds, [o.study_name for o in outs],
                             storage=s.storage, progress=not args.no_progress)
     print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2, default=str))
-    print(f"experiment {spec.experiment!r}: bench report --experiment {shlex.quote(spec.experiment)}", file=sys.stderr)
+    return report_failures(outs, spec.experiment)
+
+
+def report_failures(outs, experiment: str) -> int:
+    """Each distinct failure reason of this run once, with how many trials it ended and
+    which; exit status 1 when a study holds no complete trial at all, else 0."""
+    from shlex import quote
+
+    empty = [o.study_name for o in outs if o.complete_total == 0]
+    for o in outs:
+        failed = [f for f in o.failures if f["kind"] != "interrupted"]
+        if not failed:
+            continue
+        by_reason: dict[str, list] = {}
+        for f in failed:
+            by_reason.setdefault(f["reason"].splitlines()[0][:300], []).append(f)
+        print(f"{o.study_name}: {len(failed)} trial(s) failed, for {len(by_reason)} reason(s):", file=sys.stderr)
+        for reason, fs in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            cells = ", ".join(_cell(f["cell"]) for f in fs[:4]) + (f", ... ({len(fs) - 4} more)" if len(fs) > 4 else "")
+            print(f"  {len(fs)} x {reason}  [{cells}]", file=sys.stderr)
+    if empty:
+        where = ("the reason above" if any(o.failures for o in outs)
+                 else f"what bench studies show {quote(empty[0])} lists")
+        print(f"error: no trial completed in {', '.join(empty)}; fix {where}, then rerun (the study keeps "
+              "its settings: a changed file is refused until bench studies delete)", file=sys.stderr)
+        return 1
+    print(f"experiment {experiment!r}: bench report --experiment {quote(experiment)}", file=sys.stderr)
     return 0
+
+
+def _cell(cell: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items()) or "trial"

@@ -147,11 +147,14 @@ def run_show(args: argparse.Namespace) -> int:
         lines.append(("selected", "none yet (no complete trial)"))
     if d.get("tie_break"):
         lines.append(("tie-break", d["tie_break"]))
-    for f in d["failures"][:5]:
-        lines.append(("failed", f"trial {f['trial']} ({_cell(f['params'])}): "
-                                f"{f['reason'][:200] or 'no reason recorded'}"))
-    if len(d["failures"]) > 5:
-        lines.append(("", f"... and {len(d['failures']) - 5} more (--json lists all)"))
+    by_reason: dict[str, list[dict[str, Any]]] = {}  # each distinct reason once, with its trials
+    for f in d["failures"]:
+        by_reason.setdefault((f["reason"] or "no reason recorded").splitlines()[0][:200], []).append(f)
+    for reason, fs in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))[:5]:
+        trials = ", ".join(f"{f['trial']} ({_cell(f['params'])})" for f in fs[:3]) + (" ..." if len(fs) > 3 else "")
+        lines.append(("failed", f"{len(fs)} x {reason}: trial {trials}"))
+    if len(by_reason) > 5:
+        lines.append(("", f"... and {len(by_reason) - 5} more reasons (--json lists all)"))
     for k, v in lines:
         print(f"{k:<12} {v}")
     return 0

@@ -1,11 +1,13 @@
-"""Grid wall time with 1, 2 and 4 local workers on one journal storage.
+"""Grid wall time with 1, 2 and 4 local workers on one journal storage, packed and not.
 
-    python -m bench.perf workers [--cells 16] [--workers 1 2 4] [--threads N]
+    python -m bench.perf workers [--cells 16] [--workers 1 2 4] [--pack auto off] [--threads N]
 
-Each row starts N ``bench grid`` processes on a fresh store and times until all exit.
-Target: more workers never make the grid slower than one worker (the thread budget,
-:mod:`bench.threads`, shares the cores); on a machine with C cores, up to C workers
-should be faster. Prints the load average, since other work on the machine skews times.
+Each row starts N ``bench grid`` processes on a fresh store and times until all exit, and
+counts the cells each worker trained. Target: more workers never make the grid slower
+than one worker: the cores are shared (:mod:`bench.threads`) and so are the packs (a
+worker takes at most its share of the open cells of one shape); on a machine with C
+cores, up to C workers should be faster. Prints the load average, since other work on
+the machine skews times.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from pathlib import Path
 import yaml
 
 
-def one(workers: int, cells: int, threads: int | None) -> float:
+def one(workers: int, cells: int, threads: int | None, pack: str = "auto") -> tuple[float, list[int], int]:
+    """(wall seconds, cells trained per worker, threads per trial) of one row."""
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         alphas = [4.0 * (i + 1) for i in range(cells // 2)]
         (root / "bench.yaml").write_text(yaml.safe_dump({
             "tracking_uri": f"sqlite:///{root}/mlruns/mlflow.db", "artifact_root": str(root / "art"),
             "storage": f"journal:{root}/optuna.journal"}))
-        (root / "g.yaml").write_text(yaml.safe_dump({"experiment": "w", "kind": "grid",
+        (root / "g.yaml").write_text(yaml.safe_dump({"experiment": "w", "kind": "grid", "pack": pack,
                                                      "grid": {"loss.alpha": alphas, "loss.delta": [0.1, 0.2]}}))
         env = {**os.environ, "BENCH_CONFIG": str(root / "bench.yaml")}
         env.pop("BENCH_THREADS", None)
@@ -43,22 +46,39 @@ def one(workers: int, cells: int, threads: int | None) -> float:
         for p in procs:
             if p.wait() != 0:
                 raise SystemExit(p.stderr.read().decode())
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return wall, *trained_per_worker(root / "optuna.journal", [p.pid for p in procs])
+
+
+def trained_per_worker(journal: Path, pids: list[int]) -> tuple[list[int], int]:
+    """Complete trials per worker process (the study's ``worker`` attributes), and the
+    thread count the study trained at."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="w", storage=JournalStorage(JournalFileBackend(str(journal))))
+    done = [str(t.user_attrs.get("worker", "")) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    return [sum(w.endswith(f":{pid}") for w in done) for pid in pids], study.user_attrs.get("threads", 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.perf workers", description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--pack", nargs="+", choices=("auto", "off"), default=["auto", "off"])
     ap.add_argument("--threads", type=int, default=None, help="force threads per worker (default: the budget)")
     a = ap.parse_args(argv)
-    print(f"load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}")
-    base = None
-    print(f"{'workers':>8} {'seconds':>8} {'vs 1 worker':>12}  target <= 1.00")
-    for w in a.workers:
-        s = one(w, a.cells, a.threads)
-        base = base or s
-        print(f"{w:>8} {s:>8.1f} {s / base:>12.2f}  {'ok' if s <= base * 1.05 else 'SLOWER'}")
+    print(f"{a.cells} cells; load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}")
+    print(f"{'pack':>5} {'workers':>8} {'threads':>8} {'seconds':>8} {'vs 1 worker':>12}  {'cells per worker':<18} "
+          "target <= 1.05")
+    for pack in a.pack:
+        base = None
+        for w in a.workers:
+            s, split, n_threads = one(w, a.cells, a.threads, pack)
+            base = base or s
+            print(f"{pack:>5} {w:>8} {n_threads:>8} {s:>8.1f} {s / base:>12.2f}  {' '.join(map(str, split)):<18} "
+                  f"{'ok' if s <= base * 1.05 else 'SLOWER'}")
     print(f"load average after: {os.getloadavg()}")
     return 0
 

@@ -26,7 +26,6 @@ waits for them to land (:meth:`TrialRun.log_result`) before it records the trial
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import platform
@@ -41,6 +40,7 @@ import yaml
 
 from bench.record import names as n
 from bench.secrets import mask_url
+from bench.store_lock import store_init_lock
 
 #: Seconds between background writes of a running trial's buffered curves (live view).
 FLUSH_S = 10.0
@@ -131,28 +131,6 @@ def git_commit() -> str:
 
 def _str_params(flat: dict[str, Any]) -> dict[str, str]:
     return {k: mask_url(json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()}
-
-
-@contextlib.contextmanager
-def store_init_lock(uri: str):
-    """Serialise the first open of a local SQLite store across processes.
-
-    MLflow and Optuna create and migrate their schema on first use; two workers doing that at once
-    fail ("table ... already exists", "duplicate column name"). A file lock next to the
-    database makes the second wait until the first has finished; other stores need none.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    lock_path = Path(uri[len("sqlite:///") :] + ".lock")
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def deleted_experiment(exp, uri: str) -> Exception:
@@ -252,7 +230,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=study)
         # Two workers starting together may both have created one: all keep the oldest.
         keep = self._parents(study)[0]
-        if keep != run.info.run_id:
+        if keep != run.info.run_id:  # ended first: a deleted run left RUNNING would count as live
+            self.client.set_terminated(run.info.run_id, status="KILLED")
             self.client.delete_run(run.info.run_id)
             return keep
         from mlflow.entities import Param
@@ -463,22 +442,27 @@ class TrialRun:
         self.flush_later()
 
     @_guarded
-    def log_result(self, result, fault_trial: int | None = None) -> None:
+    def log_result(self, result) -> None:
         """The trial's final metrics and its buffered curves (queued by :meth:`write_result`
         unless already), written before returning (raise if that failed); the run stays
         open until the study has recorded the trial (:meth:`close`). ``history.csv``, a copy
         of the curves as a table, is queued after the last epoch (:meth:`epochs_done`) or
-        else now; its failure does not fail the trial."""
-        from bench.studies import faults
-
+        else now; :meth:`wait_artifacts` waits for it."""
         self.write_result(result)
         self.writes.wait_for(self.key)
-        faults.hit("logging", fault_trial)
         self._write_history(result.history)
+
+    @_guarded
+    def wait_artifacts(self) -> None:
+        """Wait for the run's files (``config.yaml``, ``history.csv``); raise if one could
+        not be written (a full artifact disk), so the trial is not recorded as complete."""
+        self.writes.wait_for(self.key)
+        self.writes.wait_for(f"{self.key}:history")
 
     def finish(self, result) -> None:
         """Log the result and close the run as FINISHED (a trial outside any study)."""
         self.log_result(result)
+        self.wait_artifacts()
         self.close("complete")
 
     def fail(self, reason: str, status: str = "FAILED") -> None:

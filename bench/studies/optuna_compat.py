@@ -1,9 +1,10 @@
 """Every use of Optuna beyond its documented user API, in one place.
 
-The runner needs three things Optuna's study API does not offer: the parameters a queued
+The runner needs four things Optuna's study API does not offer: the parameters a queued
 (``enqueue_trial``) trial will take, failing *another* process's trial (a dead worker's)
 without running the sampler's ``after_trial`` (which may call ``study.stop()`` and is only
-legal inside ``optimize``), and Optuna's stale-trial sweep for heartbeat storages.
+legal inside ``optimize``), and Optuna's stale-trial sweep for heartbeat storages (with the
+trials it is about to fail, so each gets its failure reason first).
 ``tests/test_optuna_compat.py`` exercises each of them against the installed Optuna, so
 an Optuna release that changes them fails there, loudly, not in a user's grid.
 """
@@ -52,6 +53,15 @@ def fail_trial(storage: BaseStorage, study_name: str, number: int) -> bool:
 
 def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def stale_trials(study: optuna.Study, storage: BaseStorage) -> list[FrozenTrial]:
+    """The running trials Optuna's sweep (:func:`fail_stale_trials`) would fail now: their
+    heartbeat stopped (so the runner records why before they are failed). ``storage``: the
+    study's, as opened (the study holds it wrapped in a cache)."""
+    if not has_heartbeat(storage):
+        return []
+    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

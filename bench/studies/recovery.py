@@ -78,20 +78,46 @@ def _dead(t: FrozenTrial, host: str) -> bool:
     return w_host == host and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
+def died_reason(t: FrozenTrial) -> str:
+    """The failure reason of a trial whose worker died (on the Optuna trial and its run)."""
+    who = t.user_attrs.get("worker", "its worker")
+    return f"worker {who} stopped during trial {t.number} (killed, or lost its store); the cell runs again"
+
+
 def reap(study: optuna.Study, storage) -> list[int]:
-    """Fail the RUNNING trials whose worker is gone; returns their numbers.
+    """Fail the RUNNING trials whose worker is gone, each with ``failure_kind: worker_died``
+    and its reason; returns their numbers.
 
     Heartbeat storages also catch workers on other machines (Optuna's sweep, which queues
     the trial's params again once); the journal file has no heartbeat, so there only
     workers on this host can be checked.
     """
     if optuna_compat.has_heartbeat(storage):
+        for t in optuna_compat.stale_trials(study, storage):
+            _mark_died(storage, study, t)
         optuna_compat.fail_stale_trials(study)
     host, reaped = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _dead(t, host) and optuna_compat.fail_trial(storage, study.study_name, t.number):
-            reaped.append(t.number)
+        if _dead(t, host):
+            _mark_died(storage, study, t)
+            if optuna_compat.fail_trial(storage, study.study_name, t.number):
+                reaped.append(t.number)
     return reaped
+
+
+def _mark_died(storage, study: optuna.Study, t: FrozenTrial) -> None:
+    """The reason on the trial before it is failed (a finished trial takes no attributes).
+    Optuna's retry of a stale trial copies them: :func:`clear_inherited` on its start."""
+    for key, value in (("failure_kind", "worker_died"), ("failure_reason", died_reason(t))):
+        optuna_compat.set_user_attr(storage, study.study_name, t.number, key, value)
+
+
+def clear_inherited(trial: optuna.Trial) -> None:
+    """A retried trial (queued again by Optuna's heartbeat retry) starts without the failure
+    its predecessor recorded."""
+    for key in ("failure_kind", "failure_reason"):
+        if trial.user_attrs.get(key):
+            trial.set_user_attr(key, "")
 
 
 def can_watch(t: FrozenTrial, storage) -> bool:
@@ -112,8 +138,7 @@ def _ended_as(t: FrozenTrial) -> tuple[str, str]:
         return "failed", reason
     if kind in ("interrupted", "tracker_error"):
         return kind, reason
-    who = t.user_attrs.get("worker", "its worker")
-    return "worker_died", f"worker {who} stopped during trial {t.number} (killed, or lost its store); the cell runs again"
+    return "worker_died", died_reason(t)
 
 
 def close_orphan_runs(study: optuna.Study, tracker) -> int:
@@ -134,6 +159,16 @@ def close_orphan_runs(study: optuna.Study, tracker) -> int:
         close_run(tracker.client, r.info.run_id, outcome, reason, tags={"bench.closed_by": worker_id()})
         closed += 1
     return closed
+
+
+def finished(study: optuna.Study, cells: list[dict[str, Any]]) -> int:
+    """Grid (``cells``): cells done (complete or finally failed); search: trials that count
+    towards ``n_trials`` (complete, pruned, finally failed)."""
+    if cells:
+        b = Board.of(study, cells)
+        return len(b.complete | set(b.failed))
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or is_final_failure(t)
+               for t in study.get_trials(deepcopy=False))
 
 
 @dataclass

@@ -55,6 +55,12 @@ def _config(client, run_id: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def _recorded_threads(client, run_id: str) -> int | None:
+    """The thread count the selected run trained with (``bench.threads``), for its repeats."""
+    value = client.get_run(run_id).data.tags.get(n.BENCH_THREADS, "")
+    return int(value) if value.isdigit() else None
+
+
 def _earlier_seeds(client, experiment_id: str, name: str) -> list[int] | None:
     """The seeds an earlier ``bench repeat`` gave study ``name``, from its parent run's study.yaml."""
     from bench.record.reader import study_yaml
@@ -102,7 +108,8 @@ def plan_repeats(client, experiment: str, seeds: int, studies: Sequence[str] | N
                                   f"{len(before)} resumes it (to change the count, delete that study first)")
             spec = StudySpec(experiment=experiment, study_name=name, kind="grid",
                              description=f"fresh-seed repeats of {st.name}'s selected cell {cell}",
-                             trial=config, grid={n.PARAM_SEED: fresh})
+                             trial=config, grid={n.PARAM_SEED: fresh},
+                             threads=_recorded_threads(client, chosen["run_id"].iloc[0]))
             plans.append(RepeatPlan(st.name, st.parent_run_id, cell, fresh, spec))
     if not plans:
         raise ConfigError(f"experiment {experiment!r} has no study with a selected cell to repeat "

@@ -77,6 +77,9 @@ class StudySpec(BaseModel):
     conditions: list[str] | None = Field(
         None, description="axes a reader compares across, never selects over (e.g. [data.noise_rate]): the best "
         "cell is chosen per value of these; default: every data.* axis; [] selects over every axis")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch/faiss CPU threads of every trial, pinned "
+                                "for the whole study and recorded with it (default: the first run's share of the "
+                                "machine's cores, then recorded)")
 
     @property
     def name(self) -> str:
@@ -180,6 +183,19 @@ class StudySpec(BaseModel):
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
 
 
+def trial_settings(settings: Settings, spec: StudySpec) -> dict[str, Any]:
+    """The settings every trial of ``spec`` shares (bench.yaml's ``trial`` <- the file's
+    ``trial`` <- its ``overrides``), as plain JSON values: what the study records."""
+    import json
+
+    return json.loads(json.dumps(merge(settings.trial, spec.effective_trial())))
+
+
+def trial_config(settings: Settings, spec: StudySpec, cell: dict[str, Any] | None = None) -> TrialConfig:
+    """One trial's validated config: :func:`trial_settings`' recipe, then the cell's dotted values."""
+    return resolve_trial(settings.trial, spec.effective_trial(), dotted=cell)
+
+
 def load_spec(path: str | Path) -> StudySpec:
     p = Path(path)
     if not p.exists():
@@ -231,7 +247,7 @@ def validate_cells(settings: Settings, spec: StudySpec) -> list[TrialConfig]:
         probes = _space_probes(spec.space)
     for cell in probes:
         try:
-            cfgs.append(resolve_trial(settings.trial, spec.effective_trial(), dotted=cell))
+            cfgs.append(trial_config(settings, spec, cell))
         except ConfigError as e:
             errors.append(f"cell {cell}: {e}")
     if spec.kind == "grid" and not errors:

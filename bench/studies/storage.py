@@ -100,7 +100,7 @@ def make_storage(url: str, *, create: bool = True) -> "optuna.storages.BaseStora
     engine_kwargs: dict = {"pool_pre_ping": True}  # a server restart costs one reconnect, not the worker
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": float(os.environ.get("BENCH_SQLITE_TIMEOUT", 10))}}  # wait for a busy writer
-    from bench.tracking import store_init_lock
+    from bench.store_lock import store_init_lock
 
     for attempt in range(5):
         # a new SQLite file's tables are made by one process at a time (a file lock next to it)
