@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from bench.record import names as n
 from bench.selection import better, score_name
 
 
@@ -177,7 +178,7 @@ def final_metrics(test: dict[str, float], cell: Cell, extra: dict[str, Any]) -> 
     final = {f"test_{k}": v for k, v in test.items()}
     at_best = next(r for r in cell.history if r["epoch"] == best_epoch)
     final.update({k: v for k, v in at_best.items() if k.startswith("val_")})
-    final["best_epoch"] = best_epoch
+    final[n.METRIC_BEST_EPOCH] = best_epoch
     final.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
     return final
 

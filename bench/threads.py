@@ -129,10 +129,15 @@ def requested(asked: int | None = None) -> int | None:
 
 
 def budget(asked: int | None = None) -> int:
-    """Threads for this worker: the count asked for (:func:`requested`), else its share
-    of the cores."""
+    """Threads for this worker: the count asked for (:func:`requested`), else the share a
+    launcher gave it (``$BENCH_THREADS_SHARE``: ``bench grid --workers``, a Slurm task's
+    CPUs), else its share of the cores. A share is a default, never a request: the count a
+    study recorded beats it (:func:`pin`)."""
     n = requested(asked)
-    return n if n is not None else max(1, cores() // live_workers())
+    if n is not None:
+        return n
+    share = os.environ.get("BENCH_THREADS_SHARE", "")
+    return int(share) if share.strip().isdigit() and int(share) > 0 else max(1, cores() // live_workers())
 
 
 def pin(asked: int | None, recorded: int | None, study: str = "the study") -> int:

@@ -88,7 +88,8 @@ def test_grid_tracks_every_trial_and_report_matches(stores):
     table = (tmp / "reports" / "recall_at_k.md").read_text()
     r1 = f"{100 * best_run['metrics.test_recall_at_1']:.1f}"
     assert f"| {r1} |" in table and f"**{r1}**" not in table  # one row of one run: nothing is clear of anything
-    assert r"\textbf{" in (tmp / "reports" / "recall_at_k.tex").read_text()
+    tex = (tmp / "reports" / "recall_at_k.tex").read_text()
+    assert f"& {r1} &" in tex and r"\textbf{" not in tex
     conv = pd.read_csv(tmp / "reports" / "convergence.csv")
     assert sorted(conv.epoch) == [1, 2, 3] and conv["mean"].max() == pytest.approx(best_run["metrics.val_recall_at_1"])
 

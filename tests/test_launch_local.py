@@ -45,13 +45,13 @@ def test_plan_pins_gpus_and_shares_threads_and_loaders():
     args = _args("grid", "s.yaml", "--workers", "4", "--set", "train.epochs=2")
     plans = plan_workers(args, "grid", "journal:x.journal", None, FOUR + ["4", "5", "6", "7"], cores=32, environ={})
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == FOUR
-    assert {p.env["BENCH_THREADS"] for p in plans} == {"8"} and {p.env["BENCH_LOADER_WORKERS"] for p in plans} == {"7"}
+    assert {p.env["BENCH_THREADS_SHARE"] for p in plans} == {"8"} and {p.env["BENCH_LOADER_WORKERS"] for p in plans} == {"7"}
     assert plans[0].argv == ["grid", "s.yaml", "--set", "train.epochs=2", "--no-progress", "--storage", "journal:x.journal"]
     cpu = plan_workers(_args("grid", "s.yaml", "--workers", "4"), "grid", "j", None, [], cores=2, environ={})
     assert [p.env.get("CUDA_VISIBLE_DEVICES") for p in cpu] == [None] * 4
-    assert {p.env["BENCH_THREADS"] for p in cpu} == {"1"} and {p.env["BENCH_LOADER_WORKERS"] for p in cpu} == {"0"}
+    assert {p.env["BENCH_THREADS_SHARE"] for p in cpu} == {"1"} and {p.env["BENCH_LOADER_WORKERS"] for p in cpu} == {"0"}
     mine = plan_workers(_args("grid", "s.yaml", "--workers", "2", "--threads", "3"), "grid", "j", None, [], 8, {})
-    assert "BENCH_THREADS" not in mine[0].env and mine[0].argv[-5:-3] == ["--threads", "3"]  # the user's threads win
+    assert "BENCH_THREADS_SHARE" not in mine[0].env and mine[0].argv[-5:-3] == ["--threads", "3"]  # the user's threads win
 
 
 def test_worker_command_is_the_parents_without_the_launch_options():

@@ -5,7 +5,7 @@ Each worker is a child ``bench grid FILE ...`` (the parent's own command without
 options, its bar off) with, in its environment:
 
 * ``CUDA_VISIBLE_DEVICES``: its own GPU (:func:`bench.launch.gpus.assign`);
-* ``BENCH_THREADS`` = ``cores // N`` (at least 1) torch/faiss threads, unless ``--threads``,
+* ``BENCH_THREADS_SHARE`` = ``cores // N`` (at least 1) torch/faiss threads, unless ``--threads``,
   ``threads:`` or ``$BENCH_THREADS`` already say; ``BENCH_LOADER_WORKERS`` = that share
   minus one (at most 8) image loader processes, unless ``train.num_workers`` is set.
 
@@ -93,7 +93,7 @@ def plan_workers(args: argparse.Namespace, kind: str, storage: str, settings_thr
     for gpu in gpus:
         env = {"PYTHONUNBUFFERED": "1"}
         if args.threads is None and settings_threads is None and not environ.get("BENCH_THREADS"):
-            env["BENCH_THREADS"] = str(share)
+            env["BENCH_THREADS_SHARE"] = str(share)  # a default: the count a study recorded beats it
         if not environ.get("BENCH_LOADER_WORKERS"):
             env["BENCH_LOADER_WORKERS"] = str(max(0, min(8, share - 1)))
         if gpu is not None:
@@ -212,7 +212,7 @@ def launch(args: argparse.Namespace, kind: str) -> int:
     previous = {sig: signal.signal(sig, fleet.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         where = ", ".join(f"w{i}: GPU {p.gpu}" if p.gpu is not None else f"w{i}: CPU" for i, p in enumerate(plans))
-        bar.write(f"starting {len(plans)} workers ({where}; {plans[0].env.get('BENCH_THREADS', 'own')} threads each) "
+        bar.write(f"starting {len(plans)} workers ({where}; {plans[0].env.get('BENCH_THREADS_SHARE', 'own')} threads each) "
                   f"on {_masked(storage)}")
         fleet.start()
         store = _Store(storage)

@@ -146,7 +146,7 @@ def sbatch_script(job: ArrayJob, stamp: str | None = None) -> str:
         _heredoc(STUDY_FILE, w.study_file, "BENCH_STUDY_FILE"),
         _heredoc(SETTINGS_FILE, w.settings_yaml, "BENCH_SETTINGS_FILE"),
         'export BENCH_CONFIG="$work/bench.yaml"',
-        '[ -n "${SLURM_CPUS_PER_TASK:-}" ] && export BENCH_THREADS="$SLURM_CPUS_PER_TASK"',
+        '[ -n "${SLURM_CPUS_PER_TASK:-}" ] && export BENCH_THREADS_SHARE="$SLURM_CPUS_PER_TASK"',
         'echo "bench task ${SLURM_ARRAY_TASK_ID:-?} of job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname)'
         ' (restart ${SLURM_RESTART_COUNT:-0}, GPUs ${CUDA_VISIBLE_DEVICES:-none})"',
         "",

@@ -48,6 +48,9 @@ BENCH_GIT_COMMIT = "bench.git_commit"
 BENCH_VERSION_PREFIX = "bench.version."  # + library name: its installed version
 BENCH_DEVICE = "bench.device"
 BENCH_DATASET_FINGERPRINT = "bench.dataset_fingerprint"
+BENCH_THREADS = "bench.threads"  # torch/faiss CPU threads the trial trained with (pinned per study)
+BENCH_PACK_ID = "bench.pack_id"  # the pack a trial trained in (one id per pack; a trial alone has its own)
+BENCH_PACK_SIZE = "bench.pack_size"  # how many cells trained in that pack
 
 ROLE_PARENT, ROLE_TRIAL = "parent", "trial"
 
@@ -119,6 +122,7 @@ ATTR_DUPLICATE_OF = "duplicate_of"  # trial: the trial whose cell it repeats
 ATTR_FAILURE_KIND = "failure_kind"
 ATTR_FAILURE_REASON = "failure_reason"
 ATTR_PRUNED_REASON = "pruned_reason"
+ATTR_THREADS = "threads"  # study: the CPU thread count its trials train with (pinned)
 ATTR_METRICS = "metrics"  # trial: its final test metrics (and val_recall_at_1)
 ATTR_TEST_RECALL_AT_1 = METRIC_TEST_RECALL_AT_1  # trial: also on its own, for Optuna's UI
 

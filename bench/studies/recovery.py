@@ -32,6 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.record import names as n
 from bench.studies import optuna_compat
 from bench.threads import pid_alive
 
@@ -63,15 +64,15 @@ def trial_cell(t: FrozenTrial, axes: int) -> str | None:
 
 
 def is_final_failure(t: FrozenTrial) -> bool:
-    return t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") == REAL_FAILURE
+    return t.state == TrialState.FAIL and t.user_attrs.get(n.ATTR_FAILURE_KIND) == REAL_FAILURE
 
 
 def is_duplicate(t: FrozenTrial) -> bool:
-    return "duplicate_of" in t.user_attrs
+    return n.ATTR_DUPLICATE_OF in t.user_attrs
 
 
 def _dead(t: FrozenTrial, host: str) -> bool:
-    w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+    w_host, _, pid = str(t.user_attrs.get(n.ATTR_WORKER, "")).rpartition(":")
     if not pid.isdigit():
         started = t.datetime_start or dt.datetime.now()
         return (dt.datetime.now() - started).total_seconds() > UNCLAIMED_AGE_S
@@ -80,7 +81,7 @@ def _dead(t: FrozenTrial, host: str) -> bool:
 
 def died_reason(t: FrozenTrial) -> str:
     """The failure reason of a trial whose worker died (on the Optuna trial and its run)."""
-    who = t.user_attrs.get("worker", "its worker")
+    who = t.user_attrs.get(n.ATTR_WORKER, "its worker")
     return f"worker {who} stopped during trial {t.number} (killed, or lost its store); the cell runs again"
 
 
@@ -108,22 +109,22 @@ def reap(study: optuna.Study, storage) -> list[int]:
 def _mark_died(storage, study: optuna.Study, t: FrozenTrial) -> None:
     """The reason on the trial before it is failed (a finished trial takes no attributes).
     Optuna's retry of a stale trial copies them: :func:`clear_inherited` on its start."""
-    for key, value in (("failure_kind", "worker_died"), ("failure_reason", died_reason(t))):
+    for key, value in ((n.ATTR_FAILURE_KIND, "worker_died"), (n.ATTR_FAILURE_REASON, died_reason(t))):
         optuna_compat.set_user_attr(storage, study.study_name, t.number, key, value)
 
 
 def clear_inherited(trial: optuna.Trial) -> None:
     """A retried trial (queued again by Optuna's heartbeat retry) starts without the failure
     its predecessor recorded."""
-    for key in ("failure_kind", "failure_reason"):
+    for key in (n.ATTR_FAILURE_KIND, n.ATTR_FAILURE_REASON):
         if trial.user_attrs.get(key):
             trial.set_user_attr(key, "")
 
 
 def can_watch(t: FrozenTrial, storage) -> bool:
     """Will :func:`reap` notice if this running trial's worker dies?"""
-    return optuna_compat.has_heartbeat(storage) or str(t.user_attrs.get("worker", "")).startswith(
-        socket.gethostname() + ":") or "worker" not in t.user_attrs
+    return optuna_compat.has_heartbeat(storage) or str(t.user_attrs.get(n.ATTR_WORKER, "")).startswith(
+        socket.gethostname() + ":") or n.ATTR_WORKER not in t.user_attrs
 
 
 def _ended_as(t: FrozenTrial) -> tuple[str, str]:
@@ -131,9 +132,9 @@ def _ended_as(t: FrozenTrial) -> tuple[str, str]:
     if t.state == TrialState.COMPLETE:
         return "complete", ""
     if t.state == TrialState.PRUNED:
-        return "pruned", str(t.user_attrs.get("pruned_reason", "pruned"))
-    kind = t.user_attrs.get("failure_kind")
-    reason = str(t.user_attrs.get("failure_reason", ""))
+        return "pruned", str(t.user_attrs.get(n.ATTR_PRUNED_REASON, "pruned"))
+    kind = t.user_attrs.get(n.ATTR_FAILURE_KIND)
+    reason = str(t.user_attrs.get(n.ATTR_FAILURE_REASON, ""))
     if kind == REAL_FAILURE:
         return "failed", reason
     if kind in ("interrupted", "tracker_error"):
@@ -148,15 +149,15 @@ def close_orphan_runs(study: optuna.Study, tracker) -> int:
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = 0
-    for r in tracker.runs("trial", study.study_name, status="RUNNING"):
-        t = trials.get(int(r.data.tags.get("bench.trial_number", -1)))
+    for r in tracker.runs(n.ROLE_TRIAL, study.study_name, status="RUNNING"):
+        t = trials.get(int(r.data.tags.get(n.BENCH_TRIAL_NUMBER, -1)))
         if t is None or not t.state.is_finished():
             continue
-        if t.user_attrs.get("mlflow_run_id") not in (None, r.info.run_id):
+        if t.user_attrs.get(n.ATTR_MLFLOW_RUN_ID) not in (None, r.info.run_id):
             outcome, reason = "worker_died", "superseded: its trial went on in another run"
         else:
             outcome, reason = _ended_as(t)
-        close_run(tracker.client, r.info.run_id, outcome, reason, tags={"bench.closed_by": worker_id()})
+        close_run(tracker.client, r.info.run_id, outcome, reason, tags={n.BENCH_CLOSED_BY: worker_id()})
         closed += 1
     return closed
 

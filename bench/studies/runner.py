@@ -25,13 +25,14 @@ from typing import Any
 import optuna
 
 from bench import threads
+from bench.record import names as n
 from bench.config import ConfigError, Settings, flatten
 from bench.studies import recovery
 from bench.studies.recovery import worker_id
 from bench.studies.sampling import make_pruner, make_sampler
 from bench.studies.spec import StudySpec, check_suite, preflight, trial_settings, validate_cells
 from bench.studies.storage import make_storage
-from bench.studies.summary import selected_cell, state_counts
+from bench.studies.summary import name_objective, selected_cell, state_counts, stored_spec
 from bench.studies.worker import StudyWorker, Terminated
 
 __all__ = ["StudyOutcome", "make_storage", "run_study", "run_suite", "worker_id"]
@@ -81,6 +82,9 @@ def run_study(
     if not checked:
         preflight(validate_cells(settings, spec), datasets, data_root or settings.data_root)
     storage_url = storage or settings.storage
+    from bench.stores import check_stores
+
+    check_stores(tracking_uri or settings.tracking_uri, storage_url)  # all of them, before any is created
     threads.register_worker(threads.study_key(storage_url, spec.name))  # counted in other workers' shares
     store = make_storage(storage_url)
     worker = StudyWorker(spec, settings, store, storage_url, datasets=datasets, data_root=data_root,
@@ -89,15 +93,16 @@ def run_study(
                                 sampler=make_sampler(spec, worker.next_cell, store), pruner=make_pruner(spec))
     spec_dump, base_trial = spec.model_dump(mode="json"), trial_settings(settings, spec)
     refuse_changed_study(study, spec, spec_dump, base_trial, storage_url)
-    n_threads = threads.pin(threads_per_worker or spec.threads or settings.threads, study.user_attrs.get("threads"),
+    n_threads = threads.pin(threads_per_worker or spec.threads or settings.threads, study.user_attrs.get(n.ATTR_THREADS),
                             spec.name)
     tracker = Tracker(tracking_uri or settings.tracking_uri, spec.experiment, settings.artifact_root,
                       description=spec.description)
     parent = tracker.parent_run(spec.name, spec.kind, spec_dump, description=spec.description,
                                 params=parent_params(spec, base_trial))
-    for key, value in (("spec", spec_dump), ("base_trial", base_trial), ("mlflow_parent_run_id", parent),
-                       ("threads", n_threads)):
+    for key, value in ((n.ATTR_SPEC, stored_spec(spec_dump)), (n.ATTR_BASE_TRIAL, base_trial),
+                       (n.ATTR_MLFLOW_PARENT_RUN_ID, parent), (n.ATTR_THREADS, n_threads)):
         study.set_user_attr(key, value)
+    name_objective(study, (base_trial.get("eval") or {}).get("select_on", "val"))  # the dashboard names the value
     already = recovery.finished(study, worker.cells)
     interrupted = False
     try:
@@ -158,7 +163,7 @@ def refuse_changed_study(study, spec: StudySpec, spec_dump: dict, base_trial: di
     setting that differs (dotted key: old -> new)."""
     from bench.secrets import mask_url
 
-    previous, previous_base = study.user_attrs.get("spec"), study.user_attrs.get("base_trial")
+    previous, previous_base = study.user_attrs.get(n.ATTR_SPEC), study.user_attrs.get(n.ATTR_BASE_TRIAL)
     changed, diffs = [], []
     if previous is not None:
         for part in ("grid", "space"):
@@ -208,12 +213,12 @@ def summarise(study, tracker, parent: str, interrupted: bool, counts: dict) -> d
         summary[f"selected_{sel}_recall_at_1"] = best["value"]
         summary.update({f"selected_{k}": v for k, v in best["metrics"].items() if k.startswith("test_")})
         summary["selected_repeats"] = best["repeats"]
-        tags = {"bench.selected_cell": json.dumps(best["params"], sort_keys=True),
-                "bench.selected_run_id": str(best["mlflow_run_id"])}
+        tags = {n.BENCH_SELECTED_CELL: json.dumps(best["params"], sort_keys=True),
+                n.BENCH_SELECTED_RUN_ID: str(best["mlflow_run_id"])}
     others = any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
     status = None if others else ("KILLED" if interrupted else "FINISHED")
     if interrupted:
-        tags["bench.outcome"] = "interrupted"
+        tags[n.BENCH_OUTCOME] = "interrupted"
     try:
         tracker.end_parent(parent, summary, status=status, tags=tags)
     except Exception:

@@ -40,6 +40,7 @@ from typing import Any
 
 import optuna
 
+from bench.record import names as n
 from bench import threads
 from bench.config import ConfigError, Settings
 from bench.studies import faults, optuna_compat, recovery
@@ -175,8 +176,8 @@ class StudyWorker:
         """Ask this round's trials and start each one into ``pending``; a trial that ends
         while starting (a duplicate cell, a bad drawn value) is concluded at once."""
         room = self.plan_round()
-        for n in range(room):
-            if n == 1 and not self.grid and self.pack_key_of(pending[0].cell if pending else None) is None:
+        for i in range(room):
+            if i == 1 and not self.grid and self.pack_key_of(pending[0].cell if pending else None) is None:
                 break  # a search's first trial that cannot pack runs alone
             with warnings.catch_warnings():  # "heartbeats are for optimize": rounds beat themselves
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
@@ -217,8 +218,8 @@ class StudyWorker:
         machine, as many as its cores can train at the study's thread count at once (more
         would only queue for the same cores), and workers of the study on other machines."""
         host = worker_id().rpartition(":")[0]
-        remote = {str(t.user_attrs.get("worker")) for t in self.study.get_trials(deepcopy=False, states=(TS.RUNNING,))
-                  if not str(t.user_attrs.get("worker", host + ":")).startswith(host + ":")}
+        remote = {str(t.user_attrs.get(n.ATTR_WORKER)) for t in self.study.get_trials(deepcopy=False, states=(TS.RUNNING,))
+                  if not str(t.user_attrs.get(n.ATTR_WORKER, host + ":")).startswith(host + ":")}
         local = min(threads.live_workers(self.key), max(1, threads.cores() // self.threads))
         return local + len(remote)
 
@@ -254,10 +255,10 @@ class StudyWorker:
             self.handed.add(cell_key(c.cell))
             dup = recovery.holder(self.study, self.store, trial.number, cell_key(c.cell), len(self.spec.grid))
             if dup is not None:
-                trial.set_user_attr("duplicate_of", dup)
+                trial.set_user_attr(n.ATTR_DUPLICATE_OF, dup)
                 raise optuna.TrialPruned(f"cell already taken by trial {dup}")
         else:
-            trial.set_user_attr("worker", worker_id())
+            trial.set_user_attr(n.ATTR_WORKER, worker_id())
             c.cell = {k: suggest(trial, k, d) for k, d in self.spec.space.items()}
         recovery.clear_inherited(trial)
         self.attempts[cell_key(c.cell)] += 1
@@ -270,7 +271,7 @@ class StudyWorker:
             self.datasets[c.data_key] = create_dataset(c.cfg.data, self.data_root)
         c.run = self.tracker.start_trial(self.parent, self.spec.name, trial.number, c.cfg.model_dump(mode="json"),
                                          c.cell, worker_id())
-        c.run.set_tags({**self.trial_tags, "bench.threads": str(self.threads)})
+        c.run.set_tags({**self.trial_tags, n.BENCH_THREADS: str(self.threads)})
 
     def conclude(self, c: TrialCell, out) -> None:
         """Tell Optuna how a trial ended (``out``: its result, or what stopped it); an
@@ -296,9 +297,9 @@ class StudyWorker:
         faults.hit("logging", c.ordinal)
         c.run.wait_artifacts()
         faults.hit("before_tell", c.ordinal)
-        metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test_", "val_recall_at_1"))}
-        c.trial.set_user_attr("metrics", metrics)
-        c.trial.set_user_attr("test_recall_at_1", metrics["test_recall_at_1"])
+        metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test_", n.METRIC_VAL_RECALL_AT_1))}
+        c.trial.set_user_attr(n.ATTR_METRICS, metrics)
+        c.trial.set_user_attr(n.ATTR_TEST_RECALL_AT_1, metrics[n.METRIC_TEST_RECALL_AT_1])
         self.counts["completed"] += 1
         return float(result.metrics[f"{'test' if c.cfg.eval.select_on == 'test' else 'val'}_recall_at_1"])
 
@@ -330,19 +331,19 @@ class StudyWorker:
         from bench.tracking import TrackingError
 
         reason = str(e.args[0]) if e.args else "pruned"
-        c.trial.set_user_attr("pruned_reason", reason)
+        c.trial.set_user_attr(n.ATTR_PRUNED_REASON, reason)
         if c.run is not None and len(e.args) == 3:
             with contextlib.suppress(TrackingError):  # the next worker closes it
-                c.run.close("pruned", reason, tags={"bench.pruned_at_epoch": e.args[1],
-                                                    "bench.pruned_value": f"{e.args[2]:.6g}"})
+                c.run.close("pruned", reason, tags={n.BENCH_PRUNED_AT_EPOCH: e.args[1],
+                                                    n.BENCH_PRUNED_VALUE: f"{e.args[2]:.6g}"})
         self.counts["pruned"] += 1
 
     def fail(self, c: TrialCell, kind: str, reason: str) -> None:
         """Record a failure on the trial and its run, and say it in one line."""
         from bench.tracking import TrackingError
 
-        c.trial.set_user_attr("failure_kind", kind)
-        c.trial.set_user_attr("failure_reason", reason[:4000])
+        c.trial.set_user_attr(n.ATTR_FAILURE_KIND, kind)
+        c.trial.set_user_attr(n.ATTR_FAILURE_REASON, reason[:4000])
         if c.run is not None:
             with contextlib.suppress(TrackingError):  # the next worker closes it (recovery.close_orphan_runs)
                 c.run.close({"error": "failed"}.get(kind, kind), reason)
@@ -366,10 +367,10 @@ class StudyWorker:
 
     def record_end(self, ft: optuna.trial.FrozenTrial) -> None:
         """A recorded trial: its run closed (complete ones in the background), the bar moved."""
-        if ft.state == TS.COMPLETE and "mlflow_run_id" in ft.user_attrs:
+        if ft.state == TS.COMPLETE and n.ATTR_MLFLOW_RUN_ID in ft.user_attrs:
             faults.hit("after_tell", self.ordinals.get(ft.number))
             # recorded in Optuna: a run this process cannot close any more is closed by the next worker
-            self.tracker.close_later(ft.user_attrs["mlflow_run_id"], "complete")
+            self.tracker.close_later(ft.user_attrs[n.ATTR_MLFLOW_RUN_ID], "complete")
         if self.bar is not None and not recovery.is_duplicate(ft):
             self.bar.n = min(self.finished(), self.total)
             self.bar.refresh()
@@ -378,7 +379,7 @@ class StudyWorker:
         """Name the trial's MLflow run on its Optuna trial, once the background writer has
         created it (recovery finds a run that was never named by its ``bench.trial_number``)."""
         if not c.linked:
-            c.trial.set_user_attr("mlflow_run_id", c.run.run_id)
+            c.trial.set_user_attr(n.ATTR_MLFLOW_RUN_ID, c.run.run_id)
             c.linked = True
 
     # ------------------------------------------------------------------ training
@@ -395,7 +396,7 @@ class StudyWorker:
         for group in groups.values():
             pack_id = uuid.uuid4().hex[:12]
             for c in group:
-                c.run.set_tags({"bench.pack_id": pack_id, "bench.pack_size": str(len(group))})
+                c.run.set_tags({n.BENCH_PACK_ID: pack_id, n.BENCH_PACK_SIZE: str(len(group))})
         return list(groups.values())
 
     def train(self, group: list[TrialCell]) -> list:
@@ -433,7 +434,7 @@ class StudyWorker:
                 c.run.epochs_done()  # curves and history.csv written while the test split is evaluated
             if epoch == 2:
                 faults.hit("mid_epoch", c.ordinal)
-            sel = metrics.get(f"{c.cfg.eval.select_on}_recall_at_1", metrics.get("val_recall_at_1"))
+            sel = metrics.get(f"{c.cfg.eval.select_on}_recall_at_1", metrics.get(n.METRIC_VAL_RECALL_AT_1))
             if not self.grid and sel is not None:
                 c.trial.report(sel, epoch)
                 if c.trial.should_prune():
