@@ -131,7 +131,7 @@ def test_nan_trial_fails_alone_and_resume_skips_it(stores, monkeypatch, pack):
     # Resume skips finished cells, the failed one included...
     assert run_study(spec, settings, progress=False).completed == 0
     # ... unless asked to retry it; with the bug "fixed" it now completes.
-    monkeypatch.setattr(ProxyAnchorLoss, "forward", real)
+    monkeypatch.setattr(ProxyAnchorLoss, "objective", real)
     retry = run_study(spec, settings, progress=False, retry_failed=True)
     assert (retry.completed, retry.failed) == (1, 0)
     assert (child_runs(settings, "nan").status == "FINISHED").sum() == 4
