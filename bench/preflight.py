@@ -30,16 +30,21 @@ BACKBONE_FIX = {
 }
 
 
-def model_reads_data(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[str]:
-    """The trainer's own check (:func:`bench.train.check_model_fits_data`), as a problem
-    with its fix instead of a failed trial."""
-    from bench.train import TrialFailed, check_model_fits_data  # torch: the trainer's module
+def model_data_mismatch(cfg: "TrialConfig", ds: "RetrievalDataset") -> str | None:
+    """Why the model cannot read the dataset (a head needs features, a backbone needs
+    images), or None. The trainer raises it as a failed trial; the preflight adds the fix."""
+    if ds.kind != "features" and cfg.model.backbone == "none":
+        return f"dataset {ds.name!r} holds images; the image path needs model.backbone (e.g. resnet50, small_cnn)"
+    if ds.kind == "features" and cfg.model.backbone != "none":
+        return (f"model.backbone={cfg.model.backbone} needs an image dataset; {ds.name!r} holds features: "
+                "set model.backbone=none")
+    return None
 
-    try:
-        check_model_fits_data(cfg, ds)
-    except TrialFailed as e:
-        return [f"{e}; fix: {BACKBONE_FIX[ds.kind]}"]
-    return []
+
+def model_reads_data(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[str]:
+    """:func:`model_data_mismatch` as a problem with its fix instead of a failed trial."""
+    problem = model_data_mismatch(cfg, ds)
+    return [f"{problem}; fix: {BACKBONE_FIX[ds.kind]}"] if problem else []
 
 
 def enough_classes(cfg: "TrialConfig", ds: "RetrievalDataset") -> list[str]:

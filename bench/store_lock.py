@@ -1,6 +1,6 @@
 """The lock that serialises the first open of a local SQLite store across processes.
 
-MLflow (:mod:`bench.tracking`) and Optuna (:mod:`bench.studies.storage`) create and
+MLflow (:mod:`bench.record.writer`) and Optuna (:mod:`bench.studies.storage`) create and
 migrate their schema on first use; two workers doing that at once fail ("table ...
 already exists", "duplicate column name"). Standard library only.
 """

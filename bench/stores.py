@@ -2,7 +2,7 @@
 open a store turned into one line that names the store (password masked) and the fix.
 
 Shared by the Optuna storage (:mod:`bench.studies.storage`) and the MLflow tracking store
-(:mod:`bench.tracking`). Standard library only, so the CLI can use it before any heavy
+(:mod:`bench.record.writer`). Standard library only, so the CLI can use it before any heavy
 import.
 """
 

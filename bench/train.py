@@ -47,7 +47,7 @@ from bench.inputs import Inputs, create_inputs
 from bench.losses import TrainingHooks, build_loss
 from bench.models import EmbeddingNet, create_model
 from bench.precision import Precision, PrecisionError, resolve_amp  # noqa: F401 (resolve_amp re-exported)
-from bench.preflight import NO_VAL_SPLIT, check_against_dataset  # noqa: F401 (re-exported)
+from bench.preflight import NO_VAL_SPLIT, check_against_dataset, model_data_mismatch  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from bench.inputs.frozen import FeatureCache
@@ -68,12 +68,10 @@ def pick_device(choice: str) -> torch.device:
 
 
 def check_model_fits_data(cfg: TrialConfig, ds: RetrievalDataset) -> None:
-    """A head needs features, a backbone needs images."""
-    if ds.kind != "features" and cfg.model.backbone == "none":
-        raise TrialFailed(f"dataset {ds.name!r} holds images; the image path needs model.backbone (e.g. resnet50, small_cnn)")
-    if ds.kind == "features" and cfg.model.backbone != "none":
-        raise TrialFailed(f"model.backbone={cfg.model.backbone} needs an image dataset; {ds.name!r} holds features: "
-                          "set model.backbone=none")
+    """A head needs features, a backbone needs images (:func:`bench.preflight.model_data_mismatch`)."""
+    problem = model_data_mismatch(cfg, ds)
+    if problem:
+        raise TrialFailed(problem)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.runs import assemble
+from bench.record.reader import assemble
 
 _ids = itertools.count()
 

@@ -101,7 +101,7 @@ def test_good_names_pass_and_the_fix_is_a_good_name():
 
 def test_report_folder_must_lie_inside_its_root(tmp_path, monkeypatch):
     from bench.report.output import check_inside
-    from bench.report.runs import ReportInputError
+    from bench.record.reader import ReportInputError
 
     monkeypatch.chdir(tmp_path)
     check_inside(Path("reports") / "ok", Path("reports"), "--experiment")
@@ -117,7 +117,7 @@ def test_report_out_never_replaces_other_work(tmp_path, monkeypatch):
     """--out is replaced as a whole, so it must be new, empty or an earlier report: never the
     project, the home folder, a folder above them, or a folder of other files."""
     from bench.report.output import atomic_folder
-    from bench.report.runs import ReportInputError
+    from bench.record.reader import ReportInputError
 
     proj = tmp_path / "proj"
     proj.mkdir()

@@ -51,7 +51,7 @@ def test_two_workers_racing_to_create_the_parent_leave_no_deleted_run_running(tm
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
-    from bench.tracking import Tracker
+    from bench.record.writer import Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = Tracker(uri, "race", str(tmp_path / "art"))

@@ -123,7 +123,7 @@ def test_a_deleted_experiment_is_refused_naming_the_fix(tmp_path):
     """MLflow keeps a deleted experiment's runs; restoring it silently would mix them into
     the new study, so the tracker stops (as ``mlflow.set_experiment`` does) and says how on."""
     from bench.stores import StoreError
-    from bench.tracking import Tracker
+    from bench.record.writer import Tracker
 
     uri = f"sqlite:///{tmp_path}/m.db"
     first = Tracker(uri, "exp", str(tmp_path / "art"))

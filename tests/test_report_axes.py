@@ -10,7 +10,7 @@ from report_helpers import run, runset
 from bench.report.axes import plan_axes
 from bench.report.figures.heatmap import panel_table
 from bench.report.figures.lines import series_table
-from bench.report.runs import ReportInputError
+from bench.record.reader import ReportInputError
 
 GRID = {"kind": "grid"}
 
@@ -153,7 +153,7 @@ def test_studies_differing_in_one_setting_are_labelled_by_it():
 def test_a_comparison_of_experiments_labels_each_study_by_its_experiment():
     import pandas as pd
 
-    from bench.report.runs import assemble
+    from bench.record.reader import assemble
 
     a = pd.DataFrame([run("a", {"train.seed": s}, test=0.7, val=0.8) for s in (0, 1)])
     b = pd.DataFrame([run("b", {"train.seed": s}, test=0.5, val=0.6) for s in (0, 1)])

@@ -166,7 +166,7 @@ def test_hierarchy_pairs_only_within_an_experiment_and_marks_selection_runs_holl
     from report_helpers import run as one_run
 
     from bench.report.figures.hierarchy import hierarchy_figure, pairs
-    from bench.report.runs import assemble
+    from bench.record.reader import assemble
 
     def rows(exp_tag, repeats):
         out = [one_run(f"{exp_tag}.h", {"loss.weights": w}, test=0.6 + w / 10, val=0.7 + w / 10,

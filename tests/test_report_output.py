@@ -87,7 +87,7 @@ def test_a_report_caught_between_its_two_moves_is_put_back(tmp_path):
 
 
 def test_unwritable_destination_names_the_option(tmp_path):
-    from bench.report.runs import ReportInputError
+    from bench.record.reader import ReportInputError
 
     with pytest.raises(ReportInputError, match=r"^--out /proc/nope/exp: cannot write in /proc/nope"):
         with atomic_folder(Path("/proc/nope/exp")):

@@ -56,7 +56,7 @@ def cmdline(pid: int) -> str:
 def test_ui_command_passes_the_store_url_in_the_environment(monkeypatch):
     from bench.cli.ui import ui_command
 
-    monkeypatch.setattr("bench.tracking.prepare_tracking_uri", lambda uri: uri)
+    monkeypatch.setattr("bench.record.writer.prepare_tracking_uri", lambda uri: uri)
     url = f"postgresql+psycopg://bench:{PLANTED}@db.example:5432/mlflow"
     args = argparse.Namespace(host="127.0.0.1", plain=False, workers=1)
     cmd, env = ui_command(args, url, "mlruns/artifacts", 5001)

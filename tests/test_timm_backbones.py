@@ -13,7 +13,8 @@ import torch
 
 from bench.config import ConfigError, resolve_trial
 from bench.models import create_backbone
-from bench.models.weights import Preprocess, WeightsError, file_sha256, resolve_model
+from bench.models.resolve import resolve_model
+from bench.models.weights import Preprocess, WeightsError, file_sha256
 
 
 def test_a_local_weights_file_loads_through_timms_overlay(tmp_path):

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bench.tracking import TrackingError, Tracker
+from bench.record.writer import TrackingError, Tracker
 from bench.train import TrialResult
 from bench.write_behind import WriteBehind
 

@@ -46,7 +46,8 @@ from bench.data.images import (
 from bench.data.samplers import make_batches
 from bench.inputs.augment import DeviceTransform
 from bench.inputs.base import Batch, Inputs
-from bench.models.weights import ResolvedWeights, resolve_model
+from bench.models.resolve import resolve_model
+from bench.models.weights import ResolvedWeights
 from bench.precision import Precision
 
 #: A blank image: the mean colour, i.e. zero after normalisation (ImageNet RGB statistics).

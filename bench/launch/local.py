@@ -261,7 +261,7 @@ class _Store:
         import optuna
 
         from bench.studies.recovery import close_orphan_runs, reap
-        from bench.tracking import Tracker
+        from bench.record.writer import Tracker
 
         if self.storage is None:
             return

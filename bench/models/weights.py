@@ -279,24 +279,3 @@ def override(backbone: str, name: str, **changes: Any) -> WeightsEntry:
     old = WEIGHTS[(backbone, name)]
     WEIGHTS[(backbone, name)] = replace(old, **changes)
     return old
-
-
-def resolve_model(model_cfg: Any, progress: bool = True) -> ResolvedWeights:
-    """The weights and preprocessing a :class:`bench.config.ModelConfig` asks for, fetched
-    and checked (a ``timm:`` backbone: timm's ``pretrained_cfg``; its download is timm's)."""
-    from bench.models.registry import is_timm
-
-    name, weights, pretrained = model_cfg.backbone, getattr(model_cfg, "weights", None), getattr(model_cfg, "pretrained", False)
-    if not is_timm(name):
-        return resolve(name, weights, pretrained, progress)
-    from bench.models.timm_backbones import timm_preprocess
-
-    pre = timm_preprocess(name)
-    if weights and not is_url(weights):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"model.weights={weights!r}: no such file")
-        return ResolvedWeights("file", None, path, file_sha256(path), pre, "timm")
-    if weights or pretrained:
-        return ResolvedWeights("timm-pretrained", weights or f"timm pretrained_cfg of {name[5:]}", None, None, pre, "timm")
-    return ResolvedWeights("random", None, None, None, pre, "timm")

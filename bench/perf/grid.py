@@ -34,7 +34,7 @@ TIMED = {"Tracker": ("parent_run", "start_trial", "close_later", "drain", "end_p
 def tracking_clock():
     """Seconds the main thread spends inside the tracking API (outermost calls only),
     waiting for a run id from the background writer included."""
-    import bench.tracking as tr
+    import bench.record.writer as tr
 
     spent, depth, main = [0.0, 0.0], [0], threading.main_thread()  # main thread blocked, writer CPU
     saved = []
@@ -85,7 +85,7 @@ def one(spec, settings, pack: str, datasets: dict) -> tuple[float, list[float], 
     background writer], test R@1 per cell) of one run of the grid."""
     from bench.studies import run_study
     from bench.record.names import METRIC_TEST_RECALL_AT_1, ROLE_TRIAL
-    from bench.tracking import Tracker
+    from bench.record.writer import Tracker
 
     with tempfile.TemporaryDirectory() as d:
         s = settings.model_copy(update={"tracking_uri": f"sqlite:///{d}/mlflow.db", "artifact_root": f"{d}/art",

@@ -26,9 +26,6 @@ from bench.record import names as n
 from bench.selection import (DEFAULT_REPEAT_AXES, cell_of, default_conditions, group_scores, score_name, select_cell,
                              select_per_condition)
 
-#: Kept importable for callers of bench.report.runs; the names live in bench.record.names.
-REPEAT_OF, REPEAT_STUDY = n.BENCH_REPEAT_OF, n.BENCH_REPEAT_STUDY
-
 #: How losses are named in figures and tables (their registry names otherwise).
 LOSS_NAMES = {"proxy_anchor": "Proxy-Anchor", "proxy_nca": "Proxy-NCA", "smooth_proxy_anchor": "Smooth Proxy-Anchor",
               "multi_similarity": "Multi-Similarity", "triplet": "Triplet"}

@@ -1,6 +1,6 @@
 """Figures and tables rebuilt from the tracking store alone (never from memory).
 
-One job per module: :mod:`~bench.report.runs` (runs and their recorded axes),
+One job per module: :mod:`~bench.record.reader` (runs and their recorded axes),
 :mod:`~bench.report.axes` (which figure each study's axes make), :mod:`~bench.report.stats`
 (means and intervals), :mod:`~bench.report.figures` (one module per figure kind),
 :mod:`~bench.report.tables`, :mod:`~bench.report.published`, :mod:`~bench.report.index`,
@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 _LAZY = {"build_report": "bench.report.build", "default_out": "bench.report.build",
-         "ReportInputError": "bench.report.runs", "load_runset": "bench.report.runs", "open_store": "bench.report.runs"}
+         "ReportInputError": "bench.record.reader", "load_runset": "bench.record.reader", "open_store": "bench.record.reader"}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.record.names import ARTIFACT_REPORT_DIR as ARTIFACT_PATH
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 
 
 def log_report(client, rs: RunSet, out: Path) -> tuple[list[str], list[str]]:

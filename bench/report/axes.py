@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bench.report.runs import ReportInputError, RunSet, Study
+from bench.record.reader import ReportInputError, RunSet, Study
 from bench.selection import value_order
 
 #: The most panels (facets) one figure draws before the report asks for ``--axes``/``--where``.

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.report.runs import ReportInputError
+from bench.record.reader import ReportInputError
 
 
 def default_out(experiments: Sequence[str]) -> Path:
@@ -39,7 +39,7 @@ def build_report(tracking_uri: str, experiments: str | Sequence[str], out: str |
     from bench.report.artifacts import log_report
     from bench.report.axes import plan_axes
     from bench.report.output import atomic_folder, check_destination
-    from bench.report.runs import load_runset, open_store
+    from bench.record.reader import load_runset, open_store
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     if not experiments:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from bench.report.runs import Study
+from bench.record.reader import Study
 
 
 def selection_rule(studies: Iterable[Study]) -> str:

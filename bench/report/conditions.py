@@ -1,7 +1,7 @@
 """Conditions: axes a reader compares across (label noise rate, dataset, and where a study
 declares them so, batch size or embedding dimension), never selects over.
 
-A study's conditions (:attr:`bench.report.runs.Study.conditions`) are its study file's
+A study's conditions (:attr:`bench.record.reader.Study.conditions`) are its study file's
 ``conditions:`` as recorded in the parent run's ``study.yaml``, else its ``data.*`` axes
 (:func:`bench.selection.default_conditions`). The
 report selects a cell per condition value (:func:`bench.selection.select_per_condition`):
@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.runs import RunSet, Study
+from bench.record.reader import RunSet, Study
 from bench.selection import group_scores, score_name, select_per_condition
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.record.names import BENCH_GIT_COMMIT, tag_column
 from bench.report.output import Figure
 from bench.report.published import for_reference
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 from bench.secrets import mask_url
 
 STYLE = """

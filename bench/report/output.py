@@ -56,7 +56,7 @@ def check_destination(out: Path) -> None:
     """``out`` may be replaced as a whole: not a file, not a folder that holds the project
     or the home folder, and (when it exists) empty or a report this suite wrote (its
     ``index.html`` and ``index.md``), so a mistyped ``--out`` never deletes other work."""
-    from bench.report.runs import ReportInputError
+    from bench.record.reader import ReportInputError
 
     if out.exists() and not out.is_dir():
         raise ReportInputError(f"--out {out} is a file; give a folder (it is replaced as a whole)")
@@ -80,7 +80,7 @@ def check_inside(out: Path, root: Path, field: str) -> None:
     """``out`` lies strictly inside ``root`` once resolved, or a :class:`ReportInputError`
     naming ``field`` (the option whose value made the path)."""
     from bench.names import inside
-    from bench.report.runs import ReportInputError
+    from bench.record.reader import ReportInputError
 
     if not inside(out, root):
         raise ReportInputError(f"{field}: the report folder {out} would lie outside {root}/; use a plain name")
@@ -156,7 +156,7 @@ def atomic_folder(out: Path) -> Iterator[Path]:
     Any exit it can see (an error, Ctrl-C, SIGTERM) removes the temporary folder; what a
     SIGKILL leaves, the next build of ``out`` removes (:func:`remove_stale`).
     """
-    from bench.report.runs import ReportInputError
+    from bench.record.reader import ReportInputError
 
     check_destination(out)
     with _sigterm_interrupts():

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 
 MATCH = ("dataset", "loss", "embedding_dim", "backbone")
 

@@ -7,7 +7,7 @@ reaches ``POINT`` during its ``N``-th trial (default 1st), it does ``ACTION``:
 * ``kill``: SIGKILL itself (a crash or a lost machine: nothing runs after it);
 * ``int`` / ``term``: SIGINT / SIGTERM itself (Ctrl-C, a scheduler stopping the job);
 * ``tracker``: the tracking call at that point fails (a full artifact disk, a tracking
-  server that went away) with :class:`bench.tracking.TrackingError`.
+  server that went away) with :class:`bench.record.writer.TrackingError`.
 
 Points, in a trial's order: ``before_trial`` (cell claimed, nothing logged), ``mid_epoch``
 (after epoch 2's metrics are logged), ``logging`` (final metrics logged, artifacts not),
@@ -58,6 +58,6 @@ def hit(point: str, trial: int | None = None) -> None:
     elif action in ("int", "term"):
         os.kill(os.getpid(), signal.SIGINT if action == "int" else signal.SIGTERM)
     else:
-        from bench.tracking import TrackingError
+        from bench.record.writer import TrackingError
 
         raise TrackingError(f"injected tracker failure at {point}")

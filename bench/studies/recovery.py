@@ -145,7 +145,7 @@ def _ended_as(t: FrozenTrial) -> tuple[str, str]:
 def close_orphan_runs(study: optuna.Study, tracker) -> int:
     """Close the study's MLflow trial runs still RUNNING whose Optuna trial has ended;
     returns how many were closed."""
-    from bench.tracking import close_run
+    from bench.record.writer import close_run
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = 0

@@ -73,7 +73,7 @@ def run_study(
     file's ``threads:``; see :mod:`bench.threads`). ``trial_tags``: extra tags on every
     trial run (``bench repeat`` marks its runs with them). ``checked``: the cells were
     already checked against their datasets (:func:`run_suite` does that once)."""
-    from bench.tracking import Tracker
+    from bench.record.writer import Tracker
 
     if spec.variants:
         raise ValueError("a study file with variants runs through run_suite()")

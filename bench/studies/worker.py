@@ -306,7 +306,7 @@ class StudyWorker:
     def settle(self, c: TrialCell, e: BaseException) -> TS:
         """What a trial that did not complete becomes: its run closed with the outcome and
         the reason on the Optuna trial; returns the state to tell (PRUNED or FAIL)."""
-        from bench.tracking import TrackingError
+        from bench.record.writer import TrackingError
 
         if c.run is not None:
             with contextlib.suppress(Exception):  # a run that was never created: nothing to name
@@ -328,7 +328,7 @@ class StudyWorker:
         return TS.FAIL
 
     def prune(self, c: TrialCell, e: optuna.TrialPruned) -> None:
-        from bench.tracking import TrackingError
+        from bench.record.writer import TrackingError
 
         reason = str(e.args[0]) if e.args else "pruned"
         c.trial.set_user_attr(n.ATTR_PRUNED_REASON, reason)
@@ -340,7 +340,7 @@ class StudyWorker:
 
     def fail(self, c: TrialCell, kind: str, reason: str) -> None:
         """Record a failure on the trial and its run, and say it in one line."""
-        from bench.tracking import TrackingError
+        from bench.record.writer import TrackingError
 
         c.trial.set_user_attr(n.ATTR_FAILURE_KIND, kind)
         c.trial.set_user_attr(n.ATTR_FAILURE_REASON, reason[:4000])
@@ -402,7 +402,7 @@ class StudyWorker:
     def train(self, group: list[TrialCell]) -> list:
         """Train one group: each trial's result, or the exception that ended it; results
         are queued for writing at once, so one is written while another is told."""
-        from bench.tracking import TrackingError
+        from bench.record.writer import TrackingError
 
         if len(group) == 1:
             c = group[0]

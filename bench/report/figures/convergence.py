@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.report.captions import clip_note, headline_phrase
 from bench.report.output import Figure
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 from bench.report.stats import mean_ci
 from bench.report.style import band, colour, legend_above, marker, panel_row, paper_style, save
 from bench.selection import score_name

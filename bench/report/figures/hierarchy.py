@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.report.captions import headline_phrase, selection_rule
 from bench.report.output import Figure
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 from bench.report.stats import mean_ci
 from bench.report.style import COLUMN, colour, marker, paper_style, save
 

@@ -15,7 +15,7 @@ from bench.report.captions import clip_note, fixed_phrase, runs_phrase, selectio
 from bench.report.conditions import condition_phrase, is_selected
 from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 from bench.report.stats import summarize
 from bench.report.style import COLUMN, band, colour, legend_above, marker, paper_style, save, subplots
 

@@ -12,7 +12,7 @@ import pandas as pd
 from bench.report.captions import headline_phrase, selection_rule
 from bench.report.output import Figure
 from bench.report.published import comparable, setup_of
-from bench.report.runs import RunSet
+from bench.record.reader import RunSet
 from bench.report.stats import mean_ci
 from bench.report.style import colour, legend_above, marker, panel_row, paper_style, save
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.record import names as n
 from bench.report.output import Figure
-from bench.report.runs import RunSet, Study
+from bench.record.reader import RunSet, Study
 from bench.selection import score_name
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.output import Figure
-from bench.report.runs import Study
+from bench.record.reader import Study
 from bench.report.style import COLUMN, PAGE, colour, legend_above, paper_style, save, subplots
 from bench.selection import score_name
 
