@@ -109,7 +109,7 @@ def test_bench_ui_serves_the_store(ui):
 def _store_runs(root: Path):
     from mlflow import MlflowClient
 
-    from bench.record.writer import runs_frame
+    from bench.record.reader import runs_frame
 
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     return runs_frame(client, [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`bench.role` = 'trial'")
