@@ -41,6 +41,13 @@ class Precision:
         amp = resolve_amp(train_cfg.amp, device, image_model)
         return cls(device, amp, bool(image_model and device.type == "cuda" and train_cfg.channels_last))
 
+    @property
+    def label(self) -> str:
+        """What the run records (``bench.precision``): ``fp32``, ``bf16 autocast``, ``fp16
+        autocast + loss scaling``, with ``, channels_last`` when it applies."""
+        text = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}[self.amp]
+        return text + (", channels_last" if self.channels_last else "")
+
     def autocast(self):
         """The context the model's forward runs in (a no-op for fp32)."""
         if self.amp is None:

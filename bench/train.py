@@ -101,7 +101,8 @@ class TrialSetup:
 
     def info(self, inputs: Inputs) -> dict[str, Any]:
         """The set-up info every cell's ``on_setup`` receives (logged with its run)."""
-        return {"device": str(self.device), "dataset_fingerprint": self.fingerprint, **inputs.setup_info}
+        return {"device": str(self.device), "precision": self.precision.label, "dataset_fingerprint": self.fingerprint,
+                **inputs.setup_info}
 
 
 def run_cells(cells: Cells, cfg: TrialConfig, setup: TrialSetup, inputs: Inputs, info: dict[str, Any],

@@ -107,3 +107,15 @@ def test_recall_ks_default_to_the_dataset_protocol(tiny_trial):
     ds.recall_ks = (1, 3)
     r = run_trial(cfg, dataset=ds)
     assert {"test_recall_at_1", "test_recall_at_3"} <= set(r.metrics) and "test_recall_at_2" not in r.metrics
+
+
+def test_the_precision_is_decided_once_and_named_for_the_run():
+    """What changes a number is recorded: the run's ``bench.precision`` tag comes from here."""
+    import torch
+
+    from bench.precision import Precision
+
+    cpu = torch.device("cpu")
+    assert Precision(cpu).label == "fp32"
+    assert Precision(cpu, torch.bfloat16).label == "bf16 autocast"
+    assert Precision(torch.device("cuda"), torch.float16, True).label == "fp16 autocast + loss scaling, channels_last"

@@ -53,6 +53,7 @@ def test_digits_small_cnn_trains_end_to_end(digits):
     # 5 unseen test classes: chance R@1 is about 0.2.
     assert res.metrics["test_recall_at_1"] > 0.8
     assert setup["image_size"] == 8 and setup["num_workers"] == 0 and res.device == "cpu"
+    assert setup["precision"] == "fp32"  # recorded on the run as bench.precision
 
 
 def test_frozen_bn_and_warmup_in_the_trainer(digits, monkeypatch):

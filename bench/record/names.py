@@ -47,6 +47,7 @@ BENCH_REPEAT_OF = "bench.repeat_of"  # fresh-seed repeats: the cell, canonical J
 BENCH_GIT_COMMIT = "bench.git_commit"
 BENCH_VERSION_PREFIX = "bench.version."  # + library name: its installed version
 BENCH_DEVICE = "bench.device"
+BENCH_PRECISION = "bench.precision"  # fp32 | bf16 autocast | fp16 autocast + loss scaling [, channels_last]
 BENCH_DATASET_FINGERPRINT = "bench.dataset_fingerprint"
 BENCH_THREADS = "bench.threads"  # torch/faiss CPU threads the trial trained with (pinned per study)
 BENCH_PACK_ID = "bench.pack_id"  # the pack a trial trained in (one id per pack; a trial alone has its own)
