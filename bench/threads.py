@@ -99,6 +99,12 @@ def ahead_of_me(study: str) -> int:
     return sum(pid < os.getpid() for pid in _live_pids(study))
 
 
+def scheduled() -> bool:
+    """Is this worker a task a scheduler placed (Slurm)? Then the scheduler decided which
+    tasks share a node's cores, and a worker never waits for a free slot of its own."""
+    return bool(os.environ.get("SLURM_JOB_ID"))
+
+
 def _live_pids(study: str | None) -> list[int]:
     pids = []
     for f in _registry().iterdir():

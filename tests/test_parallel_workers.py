@@ -79,6 +79,7 @@ def test_a_worker_beyond_the_cores_waits_for_a_free_slot(tmp_path, tiny_trial, m
     from bench.studies import StudySpec, run_study
 
     calls = []
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 1)
     monkeypatch.setattr(threads, "ahead_of_me", lambda key: calls.append(key) or (1 if len(calls) <= 2 else 0))
     s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
@@ -86,3 +87,18 @@ def test_a_worker_beyond_the_cores_waits_for_a_free_slot(tmp_path, tiny_trial, m
     out = run_study(StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
     assert out.completed == 1 and len(calls) >= 3
     assert capsys.readouterr().err.count("this worker waits: the workers before it fill this machine's cores") == 1
+
+
+def test_a_slurm_task_never_waits_for_a_slot_of_its_own(tmp_path, tiny_trial, monkeypatch, capsys):
+    """Slurm placed the task on its cores: the machine-level slot rule stays out of its way."""
+    from bench import threads
+    from bench.config import Settings
+    from bench.studies import StudySpec, run_study
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 5)  # would wait forever outside a scheduler
+    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    out = run_study(StudySpec(experiment="slurm", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
+    assert out.completed == 1 and "this worker waits" not in capsys.readouterr().err

@@ -467,7 +467,10 @@ class StudyWorker:
     def surplus(self) -> bool:
         """Do the workers of this study that started before this one already fill this
         machine's cores at the study's thread count? Then this one waits (a worker more
-        would only make all of them slower) and takes a slot when one frees."""
+        would only make all of them slower) and takes a slot when one frees. Under a
+        scheduler (a Slurm task) the scheduler has allocated the cores: never surplus."""
+        if threads.scheduled():
+            return False
         return threads.ahead_of_me(self.key) >= max(1, threads.cores() // self.threads)
 
     def say_waiting(self, held: int, open_: bool) -> None:
