@@ -8,6 +8,7 @@ import.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -119,6 +120,15 @@ def check_stores(tracking_uri: str | None = None, storage: str | None = None, *,
         check_storage(storage, create=create)
 
 
+@functools.lru_cache(maxsize=64)
+def answers(what: str, url: str) -> bool:
+    """A server (MLflow over HTTP, PostgreSQL) answered once in this process, so the CLI's
+    check, a suite's variants and its repeats probe it once; a failure raises and is not
+    remembered (the next call probes again)."""
+    (probe_http if url.split("://", 1)[0].lower().startswith("http") else probe)(what, url)
+    return True
+
+
 def check_tracking(uri: str, *, create: bool = True) -> None:
     """The MLflow tracking URI answers (server), or its file can be made (SQLite)."""
     what = "--tracking-uri"
@@ -126,10 +136,8 @@ def check_tracking(uri: str, *, create: bool = True) -> None:
     if scheme and scheme not in TRACKING_SCHEMES:
         raise StoreError(f"{what} {mask_url(uri)}: unknown scheme {scheme!r}; use sqlite:///PATH, "
                          "postgresql://user:password@host/db or http://HOST:PORT (bench server)")
-    if scheme in ("http", "https"):
-        probe_http(what, uri)
-    elif scheme in ("postgresql", "postgres"):
-        probe(what, uri)
+    if scheme in ("http", "https", "postgresql", "postgres"):
+        answers(what, uri)
     elif uri.startswith("sqlite:///") and create:
         check_file(what, uri, Path(uri[len("sqlite:///"):]).expanduser())
 
@@ -138,7 +146,7 @@ def check_storage(url: str, *, create: bool = True) -> None:
     """The Optuna storage answers (PostgreSQL), or its file can be made (SQLite, journal)."""
     what = "--storage"
     if url.startswith(("postgresql", "postgres:")):
-        probe(what, url)
+        answers(what, url)
         return
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         path = Path(url.removeprefix("journal:")).expanduser()

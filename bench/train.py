@@ -23,6 +23,7 @@ rates) are settings, used by the paper presets.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -169,12 +170,12 @@ class TrialProgram:
         self.model.begin_epoch(epoch)
         total, steps, seen = 0.0, 0, 0
         for x, y, index in self.inputs.train_batches(epoch):
-            loss = self.step(x, y, index)
-            if not torch.isfinite(loss):
+            value = self.step(x, y, index).item()  # the step's one read of the loss on the host
+            if not math.isfinite(value):
                 compiled = " (train.compile is on: try train.compile=false)" if self.train.compile else ""
-                leave([0], [TrialFailed(f"loss became {loss.item()} at epoch {epoch}, step {steps + 1}{compiled}")])
+                leave([0], [TrialFailed(f"loss became {value} at epoch {epoch}, step {steps + 1}{compiled}")])
                 break
-            total += loss.item()
+            total += value
             steps += 1
             seen += len(y)
         if self.sched is not None:

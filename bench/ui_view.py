@@ -18,16 +18,18 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from bench.record.names import BENCH_CELL, BENCH_STUDY
+from bench.record.names import (BENCH_CELL, BENCH_ROLE, BENCH_STUDY, METRIC_TEST_RECALL_AT_1, METRIC_VAL_RECALL_AT_1,
+                                ROLE_PARENT, ROLE_TRIAL, tag_filter)
+from bench.selection import DEFAULT_REPEAT_AXES
 
 #: The UI's local-storage key for one experiment's runs-table state.
 STATE_KEY = "MLflowLocalStorage-1.1-ExperimentPage-{ids}-ReactComponentState"
 #: The run-name column's id and a width (px) that shows ``alpha=32 delta=0.2`` whole.
 RUN_NAME_COLUMN, RUN_NAME_WIDTH = "attributes.`Run Name`", 260
 #: The metrics every trial logs that a reader compares cells on, selection metric first.
-METRICS = ("val_recall_at_1", "test_recall_at_1")
+METRICS = (METRIC_VAL_RECALL_AT_1, METRIC_TEST_RECALL_AT_1)
 #: Axes that repeat a cell rather than define it (never a column of their own).
-REPEAT_AXES = ("train.seed",)
+REPEAT_AXES = DEFAULT_REPEAT_AXES
 
 Fetch = Callable[[str, dict[str, Any]], dict[str, Any]]
 
@@ -63,7 +65,7 @@ def view_state(axes: list[str], parent_ids: list[str], metrics: list[str]) -> di
 
 
 def _runs(fetch: Fetch, experiment_id: str, role: str, limit: int) -> list[dict[str, Any]]:
-    body = {"experiment_ids": [experiment_id], "filter": f"tags.`bench.role` = '{role}'", "max_results": limit}
+    body = {"experiment_ids": [experiment_id], "filter": tag_filter(BENCH_ROLE, role), "max_results": limit}
     return fetch("/api/2.0/mlflow/runs/search", body).get("runs", [])
 
 
@@ -73,7 +75,7 @@ def _tags(run: dict[str, Any]) -> dict[str, str]:
 
 def experiment_view(fetch: Fetch, experiment_id: str) -> dict[str, Any] | None:
     """The default state of one experiment's runs table, or None when it holds no bench study."""
-    trials = _runs(fetch, experiment_id, "trial", 200)
+    trials = _runs(fetch, experiment_id, ROLE_TRIAL, 200)
     if not trials:
         return None
     axes: dict[str, None] = {}
@@ -85,7 +87,7 @@ def experiment_view(fetch: Fetch, experiment_id: str) -> dict[str, Any] | None:
             cell = {}
         axes.update(dict.fromkeys(k for k in cell if k not in REPEAT_AXES))
         logged.update(m["key"] for m in r.get("data", {}).get("metrics", []))
-    parents = [r["info"]["run_id"] for r in _runs(fetch, experiment_id, "parent", 1000)]
+    parents = [r["info"]["run_id"] for r in _runs(fetch, experiment_id, ROLE_PARENT, 1000)]
     return view_state(list(axes), parents, [m for m in METRICS if m in logged])
 
 

@@ -65,7 +65,7 @@ def split_secrets(storage: str, tracking_uri: str) -> tuple[str, str, dict[str, 
         if parts is None or parts.password is None:
             clean.append(url)
             continue
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        host = parts.netloc.rpartition("@")[2]  # as written: [::1] keeps its brackets, the port stays
         user = unquote(parts.username or "")
         password = unquote(parts.password)
         if parts.scheme.startswith(("postgresql", "postgres")):

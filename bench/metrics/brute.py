@@ -65,7 +65,12 @@ def products(q64: Tensor, r64: Tensor) -> Tensor:
 
 def original_rows(ref: Embeddings) -> Tensor | None:
     """For each reference row, the first row identical to it (itself if none); ``None``
-    when all rows differ, the usual case. On the CPU rows compare as bytes (-0.0 made +0.0)."""
+    when all rows differ, the usual case. On the CPU rows compare as bytes (-0.0 made +0.0).
+    Identical rows share their first value, so distinct first values settle the usual case
+    with a sort of N scalars instead of N rows."""
+    first_col = ref.x[:, 0] + 0.0
+    if len(torch.unique(first_col)) == len(ref):
+        return None
     if ref.device.type == "cpu":
         a = np.ascontiguousarray(ref.x.numpy() + 0.0)  # +0.0: -0.0 becomes +0.0
         rows = a.view(np.dtype((np.void, a.itemsize * a.shape[1]))).ravel()

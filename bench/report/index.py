@@ -43,7 +43,6 @@ BENCH_UI = "http://127.0.0.1:5000"
 def default_ui_url(tracking_uri: str) -> str:
     """Where the runs of ``tracking_uri`` are browsed when no UI address is configured."""
     if tracking_uri.startswith(("http://", "https://")):
-        from bench.secrets import mask_url
 
         url = tracking_uri.rstrip("/")
         return url if mask_url(url) == url else BENCH_UI  # never copy a password into a page

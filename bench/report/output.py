@@ -20,6 +20,8 @@ from typing import Iterator
 
 import pandas as pd
 
+from bench.threads import pid_alive
+
 FLOAT_FORMAT = "%.6f"
 
 
@@ -96,16 +98,6 @@ def _temp_pattern(name: str) -> "re.Pattern[str]":
 STALE_AFTER_S = 3600
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(out: Path) -> list[Path]:
     """Remove what killed builds of ``out`` left beside it: ``.<name>.…`` folders (only
     that pattern, only in ``out``'s parent) whose process is gone. A previous report
@@ -119,7 +111,7 @@ def remove_stale(out: Path) -> list[Path]:
         if m is None or not p.is_dir() or p.is_symlink():
             continue
         pid = m.group("pid")
-        if (int(pid) == os.getpid() or _alive(int(pid))) if pid else time.time() - p.stat().st_mtime < STALE_AFTER_S:
+        if (int(pid) == os.getpid() or pid_alive(int(pid))) if pid else time.time() - p.stat().st_mtime < STALE_AFTER_S:
             continue
         if m.group("old") and not out.exists() and (p / out.name).is_dir():
             os.replace(p / out.name, out)

@@ -94,6 +94,7 @@ class StudyWorker:
         self.grid = spec.kind == "grid"
         self.cells = spec.cells() if self.grid else []
         self.by_key = {cell_key(c): c for c in self.cells}
+        self._pack_keys: dict[str, str | None] = {}  # cell key -> its pack, once its dataset is loaded
         self.started_at = dt.datetime.now()
         self.attempts: Counter[str] = Counter()  # cell -> trials this worker started on it
         self.ordinals: dict[int, int] = {}  # trial number -> this process's n-th trial
@@ -448,10 +449,16 @@ class StudyWorker:
 
         if self.spec.pack != "auto" or cell is None:
             return None
+        ck = cell_key(cell)
+        if ck in self._pack_keys:  # every round asks for every open cell: resolve each config once
+            return self._pack_keys[ck]
         try:
             cfg = trial_config(self.settings, self.spec, cell)
             key = cfg.data.model_dump_json()
-            return pack_key(cfg, self.datasets[key]) if key in self.datasets else None  # else loaded by the trial
+            if key not in self.datasets:
+                return None  # loaded by the trial; asked again once it is
+            self._pack_keys[ck] = pack_key(cfg, self.datasets[key])
+            return self._pack_keys[ck]
         except Exception:  # the trial itself says what is wrong with it
             return None
 
