@@ -43,7 +43,7 @@ def test_the_script_for_a_4_gpu_array(tmp_path, capsys, monkeypatch):
     assert "s3cr" not in text and "tok3n" not in text and "alice" not in text  # passwords stay in the environment
     assert "postgresql://bench@db.cluster:5432/optuna" in text and "http://track.cluster:5000" in text
     assert "--set train.epochs=5" in text and "-m bench grid study.yaml" in text
-    assert "trap 'requeue=1; kill -TERM" in text and "scontrol requeue" in text
+    assert "trap 'requeue=1; stop=1' USR1" in text and "trap '' TERM" in text and "scontrol requeue" in text
     study = text.split("<<'BENCH_STUDY_FILE'\n")[1].split("\nBENCH_STUDY_FILE")[0]
     assert yaml.safe_load(study)["grid"] == {"loss.alpha": [4, 8], "loss.delta": [0.0, 0.1]}
     settings = yaml.safe_load(text.split("<<'BENCH_SETTINGS_FILE'\n")[1].split("\nBENCH_SETTINGS_FILE")[0])
