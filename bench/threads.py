@@ -70,7 +70,9 @@ def register_worker(study: str | None = None) -> None:
     if _registered != path:
         _registered = path
         atexit.register(_unregister, path)
-    path.write_text(_study)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(_study)
+    os.replace(tmp, path)  # whole: another worker never reads a half-written file as no study
 
 
 def idle() -> None:
@@ -95,21 +97,94 @@ def live_workers(study: str | None = None) -> int:
 
 def ahead_of_me(study: str) -> int:
     """Live registered workers of ``study`` on this machine started before this one (lower
-    pid): the first ``cores // threads`` workers train, the others wait for a free slot."""
+    pid): the first ``cores // threads`` workers train; the others stand down."""
     return sum(pid < os.getpid() for pid in _live_pids(study))
 
 
 def scheduled() -> bool:
     """Is this worker a task a scheduler placed (Slurm)? Then the scheduler decided which
-    tasks share a node's cores, and a worker never waits for a free slot of its own."""
+    tasks share a node's cores, and a worker never stands down for want of cores."""
     return bool(os.environ.get("SLURM_JOB_ID"))
+
+
+def own_gpu() -> bool:
+    """Was this worker given GPUs of its own (``CUDA_VISIBLE_DEVICES`` naming a device, as
+    ``bench grid --gpus`` and Slurm's ``--gres`` set it)? Its trials then train on the GPU,
+    not on the cores, so the cores do not limit how many workers train."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1")
+
+
+def crowded(study: str) -> int:
+    """How many earlier workers of ``study`` already fill this machine's cores (0: room
+    left). Whatever thread count the study trains at, ``cores()`` earlier live workers use
+    every core, so this needs no store: ``bench grid`` asks it before its heavy imports and a
+    worker that would only slow the others down stops at once."""
+    if scheduled() or own_gpu():
+        return 0
+    import time
+
+    deadline = time.monotonic() + PENDING_WAIT_S
+    while True:
+        ahead = ahead_of_me(study)
+        if ahead >= cores():
+            return ahead
+        if not _starting_before_me() or time.monotonic() > deadline:
+            return 0
+        time.sleep(0.05)
+
+
+#: How long :func:`crowded` waits, at most, for earlier workers still starting (registered
+#: as pending, or not registered yet) to say which study they work on.
+PENDING_WAIT_S = 2.0
+
+
+def register_pending() -> None:
+    """Count this process as a live worker whose study is not known yet (``bench grid``
+    first thing, before it reads its files), so a worker started a moment later waits for
+    it in :func:`crowded` instead of missing it."""
+    register_worker(_PENDING)
+
+
+_PENDING = "(pending)"  # a pid file's content before its worker knows its study (never a study key)
+
+
+def _starting_before_me() -> bool:
+    """Is a worker that started before this one still starting: registered as pending, or
+    the same command line (workers started together) not registered yet?"""
+    me, mine = os.getpid(), _cmdline(os.getpid())
+    files = {f.name: f for f in _registry().iterdir() if f.name.isdigit()}
+    for pid in _pids_below(me):
+        f = files.get(str(pid))
+        try:
+            if (f.read_text() == _PENDING) if f else (mine is not None and _cmdline(pid) == mine):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _pids_below(me: int) -> list[int]:
+    """Live processes with a lower pid than ``me`` (Linux ``/proc``; elsewhere the registry's)."""
+    proc = Path("/proc")
+    names = [p.name for p in proc.iterdir()] if proc.is_dir() else [f.name for f in _registry().iterdir()]
+    return [int(x) for x in names if x.isdigit() and int(x) < me]
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() or None
+    except OSError:
+        return None
 
 
 def _live_pids(study: str | None) -> list[int]:
     pids = []
     for f in _registry().iterdir():
-        if not (f.name.isdigit() and pid_alive(int(f.name))):
+        pid = f.name.strip(".").removesuffix(".tmp")  # ".PID.tmp": a pid file being written
+        if not (pid.isdigit() and pid_alive(int(pid))):
             f.unlink(missing_ok=True)
+            continue
+        if not f.name.isdigit():
             continue
         if study is not None:
             try:

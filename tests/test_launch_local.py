@@ -15,7 +15,7 @@ import pytest
 from bench.cli import build_parser
 from bench.cli.common import UsageError
 from bench.launch.gpus import assign
-from bench.launch.local import local_storage, pack_note, plan_workers
+from bench.launch.local import cores_note, local_storage, pack_note, plan_workers
 from bench.launch.options import worker_argv
 from fleet_kit import Project
 
@@ -47,9 +47,14 @@ def test_plan_pins_gpus_and_shares_threads_and_loaders():
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == FOUR
     assert {p.env["BENCH_THREADS_SHARE"] for p in plans} == {"8"} and {p.env["BENCH_LOADER_WORKERS"] for p in plans} == {"7"}
     assert plans[0].argv == ["grid", "s.yaml", "--set", "train.epochs=2", "--no-progress", "--storage", "journal:x.journal"]
-    cpu = plan_workers(_args("grid", "s.yaml", "--workers", "4"), "grid", "j", None, [], cores=2, environ={})
+    cpu = plan_workers(_args("grid", "s.yaml", "--workers", "4"), "grid", "j", None, [], cores=4, environ={})
     assert [p.env.get("CUDA_VISIBLE_DEVICES") for p in cpu] == [None] * 4
     assert {p.env["BENCH_THREADS_SHARE"] for p in cpu} == {"1"} and {p.env["BENCH_LOADER_WORKERS"] for p in cpu} == {"0"}
+    assert len(plan_workers(_args("grid", "s.yaml", "--workers", "4"), "grid", "j", None, [], cores=2, environ={})) == 2
+    assert len(plan_workers(_args("grid", "s.yaml", "--workers", "4", "--threads", "2"), "grid", "j", None, [], 4, {})) == 2
+    assert len(plan_workers(_args("grid", "s.yaml", "--gpus", "0,0,1,1"), "grid", "j", None, ["0", "1"], 2, {})) == 4  # GPUs
+    assert cores_note(4, 2, 2).startswith("note: --workers 4: this machine trains 2 CPU worker(s)")
+    assert cores_note(2, 2, 2) is None and cores_note(None, 1, 2) is None
     mine = plan_workers(_args("grid", "s.yaml", "--workers", "2", "--threads", "3"), "grid", "j", None, [], 8, {})
     assert "BENCH_THREADS_SHARE" not in mine[0].env and mine[0].argv[-5:-3] == ["--threads", "3"]  # the user's threads win
 

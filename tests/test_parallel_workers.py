@@ -71,25 +71,80 @@ def test_two_workers_racing_to_create_the_parent_leave_no_deleted_run_running(tm
     assert len(lost) == 1 and lost[0].info.lifecycle_stage == "deleted" and lost[0].info.status == "KILLED"
 
 
-def test_a_worker_beyond_the_cores_waits_for_a_free_slot(tmp_path, tiny_trial, monkeypatch, capsys):
+def test_a_worker_beyond_the_cores_stops_at_once_and_says_so(tmp_path, tiny_trial, monkeypatch, capsys):
     """One core, one thread per trial, one earlier worker of the study still training: this
-    worker waits (a second would only slow both down) and trains once the slot is free."""
+    worker stops (a second would only slow both down), trains nothing, leaves the parent
+    run to the worker that trains, and is no failure; once the core is free a worker trains."""
+    from mlflow import MlflowClient
+
     from bench import threads
     from bench.config import Settings
     from bench.studies import StudySpec, run_study
 
-    calls = []
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: calls.append(key) or (1 if len(calls) <= 2 else 0))
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 1)
     s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
                  storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
-    out = run_study(StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
-    assert out.completed == 1 and len(calls) >= 3
-    assert capsys.readouterr().err.count("this worker waits: the workers before it fill this machine's cores") == 1
+    spec = StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1)
+    out = run_study(spec, s, progress=False)
+    assert out.stood_down and out.completed == 0 and out.failed == 0
+    err = capsys.readouterr().err
+    assert err.count("this worker stops: the 1 worker(s) started before it fill this machine's 1 core(s)") == 1
+    parent = MlflowClient(s.tracking_uri).get_run(out.parent_run_id)
+    assert parent.info.status == "RUNNING"  # closed by the worker that trains, not by this one
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 0)
+    again = run_study(spec, s, progress=False)
+    assert again.completed == 1 and not again.stood_down
+    assert MlflowClient(s.tracking_uri).get_run(out.parent_run_id).info.status == "FINISHED"
 
 
-def test_a_slurm_task_never_waits_for_a_slot_of_its_own(tmp_path, tiny_trial, monkeypatch, capsys):
+def test_bench_grid_beyond_the_cores_stops_before_creating_anything(tmp_path, monkeypatch, capsys):
+    """Earlier workers of the study on every core: ``bench grid`` says so and exits 0 before
+    its heavy imports and before any store exists; a worker with a GPU of its own is not
+    held back by the cores."""
+    from bench import threads
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 2)
+    (tmp_path / "g.yaml").write_text("experiment: crowd\nkind: grid\ngrid: {loss.alpha: [4, 8]}\n")
+    assert main(["grid", "g.yaml", "--no-progress", "--storage", f"sqlite:///{tmp_path}/o.db",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    captured = capsys.readouterr()
+    assert "crowd: this worker stops: the 2 worker(s) of this study started before it fill this machine's 2 core(s)" \
+        in captured.err and captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]  # no store, no report, nothing
+    assert threads.crowded("k") == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert threads.crowded("k") == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 1)
+    assert threads.crowded("k") == 0  # one core left: it may train (at the study's count, checked later)
+
+
+def test_a_suite_stops_at_the_variant_a_worker_stood_down_on(tmp_path, tiny_trial, monkeypatch):
+    from bench import threads
+    from bench.config import Settings
+    from bench.studies import StudySpec, run_suite
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 1)
+    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    spec = StudySpec(experiment="suite", grid={"loss.alpha": [16.0]}, threads=1,
+                     variants={"a": {"trial": {"loss": {"delta": 0.1}}}, "b": {"trial": {"loss": {"delta": 0.2}}}})
+    outs = run_suite(spec, s, progress=False)
+    assert [o.stood_down for o in outs] == [True]
+
+
+def test_a_slurm_task_never_stands_down_for_want_of_cores(tmp_path, tiny_trial, monkeypatch, capsys):
     """Slurm placed the task on its cores: the machine-level slot rule stays out of its way."""
     from bench import threads
     from bench.config import Settings
@@ -97,8 +152,8 @@ def test_a_slurm_task_never_waits_for_a_slot_of_its_own(tmp_path, tiny_trial, mo
 
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 5)  # would wait forever outside a scheduler
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 5)  # would stand down outside a scheduler
     s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
                  storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
     out = run_study(StudySpec(experiment="slurm", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
-    assert out.completed == 1 and "this worker waits" not in capsys.readouterr().err
+    assert out.completed == 1 and "this worker stops" not in capsys.readouterr().err

@@ -134,3 +134,33 @@ def test_a_deleted_experiment_is_refused_naming_the_fix(tmp_path):
     assert "'exp' was deleted" in message and "mlflow experiments restore" in message
     assert f"--experiment-id {first.experiment_id}" in message and "another experiment" in message
     assert first.client.get_experiment(first.experiment_id).lifecycle_stage == "deleted"  # left as it was
+
+
+def test_two_workers_setting_the_experiment_tags_at_once_both_go_on(tmp_path, monkeypatch):
+    """A worker whose experiment-tag write clashes with another worker's (PostgreSQL's unique
+    key, seen with hand-started workers) goes on when the tag holds the value it wanted,
+    and raises when it holds another."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from bench.record.writer import Tracker
+    from bench.stores import StoreError
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    real = MlflowClient.set_experiment_tag
+
+    def clash(self, experiment_id, key, value):  # the other worker's write lands first
+        real(self, experiment_id, key, value)
+        raise MlflowException("duplicate key value violates unique constraint \"experiment_tags_pkey\"")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", clash)
+    t = Tracker(uri, "both", str(tmp_path / "art"), description="grid of both")
+    assert t.client.get_experiment(t.experiment_id).tags[names.MLFLOW_RUN_NOTE] == "grid of both"
+
+    def other_value(self, experiment_id, key, value):
+        real(self, experiment_id, key, "something else")
+        raise MlflowException("duplicate key")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", other_value)
+    with pytest.raises(StoreError, match="duplicate key"):
+        Tracker(uri, "both", str(tmp_path / "art"), description="another description")

@@ -121,3 +121,46 @@ def test_a_study_pins_its_thread_count_records_it_and_never_changes_it_mid_trial
             assert r.data.tags["bench.threads"] == "1" and r.data.tags["bench.pack_size"] == "1"
             assert r.data.tags["bench.pack_id"] and r.data.tags["bench.device"] == "cpu"
     assert {r.data.tags["bench.threads"] for r in runs("free").values()} == {"2"}
+
+
+def test_a_worker_waits_for_workers_started_before_it_that_are_still_starting(monkeypatch, tmp_path):
+    """Two earlier workers fill two cores, but one is still reading its study file (pending)
+    and, in the second case, the other has not registered at all yet (same command line):
+    ``crowded`` waits for them instead of missing them, and is 0 once it has waited enough."""
+    import threading
+    import time
+
+    monkeypatch.setattr(threads.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    a, b = _sleepers(2)
+    try:
+        me = max(a.pid, b.pid) + 1
+        monkeypatch.setattr(threads.os, "getpid", lambda: me)
+        reg = threads._registry()
+        key = threads.study_key("journal:x", "s")
+
+        def later(body):  # worker b says which study it works on 0.3 s from now
+            threading.Timer(0.3, lambda: (reg / str(b.pid)).write_text(body)).start()
+
+        (reg / str(a.pid)).write_text(key)
+        (reg / str(b.pid)).write_text(threads._PENDING)
+        later(key)
+        t0 = time.monotonic()
+        assert threads.crowded(key) == 2 and time.monotonic() - t0 >= 0.25
+        (reg / str(b.pid)).unlink()
+        monkeypatch.setattr(threads, "_cmdline", lambda pid: b"bench grid s.yaml" if pid in (b.pid, me) else b"x")
+        later(key)
+        assert threads.crowded(key) == 2  # the same command, not registered yet: waited for
+        (reg / str(b.pid)).unlink()
+        monkeypatch.setattr(threads, "_cmdline", lambda pid: b"bench grid s.yaml" if pid == me else b"x")
+        t0 = time.monotonic()
+        assert threads.crowded(key) == 0 and time.monotonic() - t0 < 0.25  # nobody starting: no wait
+        (reg / str(b.pid)).write_text(threads._PENDING)  # pending for ever: waits PENDING_WAIT_S, then 0
+        monkeypatch.setattr(threads, "PENDING_WAIT_S", 0.3)
+        assert threads.crowded(key) == 0
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()

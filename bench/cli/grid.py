@@ -38,6 +38,9 @@ def run(args: argparse.Namespace, kind: str) -> int:
         from bench.launch.local import launch
 
         return launch(args, kind)
+    from bench import threads
+
+    threads.register_pending()  # first thing: a worker started a moment later waits to see this one
     from bench.config import ConfigError, set_dotted
     from bench.studies import load_spec
 
@@ -45,10 +48,14 @@ def run(args: argparse.Namespace, kind: str) -> int:
     spec = load_spec(args.file)
     if spec.kind != kind:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {shlex.quote(args.file)}")
-    from bench import threads
-
-    threads.register_worker(threads.study_key(s.storage, spec.name))  # before the heavy imports: workers
-    # started together count each other
+    key = threads.study_key(s.storage, spec.name)
+    threads.register_worker(key)  # before the heavy imports: workers started together count each other
+    if ahead := threads.crowded(key):
+        threads.idle()
+        print(f"{spec.name}: this worker stops: the {ahead} worker(s) of this study started before it fill this "
+              f"machine's {threads.cores()} core(s), and one more would slow them all down (start it on another "
+              "machine, or again once one ends)", file=sys.stderr)
+        return 0
     if getattr(args, "pack", None) is not None:
         spec = spec.model_copy(update={"pack": args.pack})
     if getattr(args, "threads", None) is not None:  # the command line beats the file's threads:
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
                      checked=True)
     rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
              "already_done": o.skipped, "best": o.best} for o in outs]
-    if spec.repeat.seeds:  # the file's repeat: block: fresh-seed repeats of each selected cell
+    if spec.repeat.seeds and not any(o.stood_down for o in outs):  # the file's repeat: block: fresh-seed
+        # repeats of each selected cell
         from bench.studies.repeat import run_repeats
 
         rows += run_repeats(s, spec.experiment, spec.repeat.seeds, [o.study_name for o in outs],
@@ -81,7 +89,7 @@ def report_failures(outs, experiment: str) -> int:
     which; exit status 1 when a study holds no complete trial at all, else 0."""
     from shlex import quote
 
-    empty = [o.study_name for o in outs if o.complete_total == 0]
+    empty = [o.study_name for o in outs if o.complete_total == 0 and not o.stood_down]
     for o in outs:
         failed = [f for f in o.failures if f["kind"] != "interrupted"]
         if not failed:

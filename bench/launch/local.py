@@ -87,6 +87,8 @@ def plan_workers(args: argparse.Namespace, kind: str, storage: str, settings_thr
     """Each worker's command line and environment (pure: the GPUs and cores are given)."""
     environ = os.environ if environ is None else environ
     gpus = assign(args.workers, args.gpus, available)
+    if all(g is None for g in gpus):  # CPU workers: no more than the cores train at once
+        gpus = gpus[:max(1, cores // cpu_threads(args.threads or settings_threads, environ))]
     share = max(1, cores // len(gpus))
     argv = [*worker_argv(args, kind), "--no-progress", "--storage", storage]
     plans = []
@@ -100,6 +102,20 @@ def plan_workers(args: argparse.Namespace, kind: str, storage: str, settings_thr
             env["CUDA_VISIBLE_DEVICES"] = gpu
         plans.append(WorkerPlan(argv, env, gpu))
     return plans
+
+
+def cpu_threads(asked: int | None, environ) -> int:
+    """Threads per trial a CPU worker will ask for (1 when it takes a share)."""
+    text = str(asked or environ.get("BENCH_THREADS") or "1")
+    return int(text) if text.strip().isdigit() and int(text) > 0 else 1
+
+
+def cores_note(asked: int | None, started: int, cores: int) -> str | None:
+    """A note when ``--workers`` asked for more CPU workers than the cores train at once."""
+    if not asked or started >= asked:
+        return None
+    return (f"note: --workers {asked}: this machine trains {started} CPU worker(s) at once on its {cores} core(s); "
+            f"starting {started} (more would only make every one slower)")
 
 
 def pack_note(spec, pack: str | None, workers: int) -> str | None:
@@ -201,7 +217,8 @@ def launch(args: argparse.Namespace, kind: str) -> int:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
     storage, note = local_storage(s.storage, [p.name for p in spec.expand()], args.workers or 0)
     plans = plan_workers(args, kind, storage, s.threads, visible_gpus(), cores())
-    for line in filter(None, [note, pack_note(spec, args.pack, len(plans))]):
+    for line in filter(None, [note, cores_note(args.workers, len(plans), cores()),
+                              pack_note(spec, args.pack, len(plans))]):
         print(line, file=sys.stderr)
     if not s.tracking_uri.startswith("sqlite"):  # a database or server: made once, not raced by every worker
         from bench.launch.prepare import open_stores

@@ -4,10 +4,11 @@
 
 Each row starts N ``bench grid`` processes on a fresh store and times until all exit, and
 counts the cells each worker trained. Target: more workers never make the grid slower
-than one worker: the cores are shared (:mod:`bench.threads`) and so are the packs (a
-worker takes at most its share of the open cells of one shape); on a machine with C
-cores, up to C workers should be faster. Prints the load average, since other work on
-the machine skews times.
+than one worker (at most 1.05x, for timing noise): the cores are shared
+(:mod:`bench.threads`), so are the packs (a worker takes at most its share of the open
+cells of one shape), and a worker started when earlier ones fill the cores stops at once;
+on a machine with C cores, up to C workers should be faster. Prints the load average,
+since other work on the machine skews times.
 """
 
 from __future__ import annotations

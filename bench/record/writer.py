@@ -194,7 +194,11 @@ class Tracker:
             want[n.MLFLOW_RUN_NOTE] = description
         for k, v in want.items():
             if exp.tags.get(k) != v:
-                self.client.set_experiment_tag(exp.experiment_id, k, v)
+                try:
+                    self.client.set_experiment_tag(exp.experiment_id, k, v)
+                except MlflowException:  # two workers set it at once (a unique-key clash): one won
+                    if self.client.get_experiment(exp.experiment_id).tags.get(k) != v:
+                        raise
         return exp.experiment_id
 
     def runs(self, role: str, study: str | None = None, status: str | None = None) -> list:

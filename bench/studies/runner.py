@@ -51,6 +51,7 @@ class StudyOutcome:
     failures: list[dict[str, Any]] = field(default_factory=list)  # this run's: trial, cell, kind, reason
     complete_total: int = 0  # complete trials the study holds now (this run's and earlier ones)
     threads: int = 0  # torch/faiss threads every trial of the study trains with
+    stood_down: bool = False  # this worker stopped at once: earlier workers fill this machine's cores
 
 
 def run_study(
@@ -115,10 +116,12 @@ def run_study(
     finally:
         if worker.bar is not None:
             worker.bar.close()
-        best = summarise(study, tracker, parent, interrupted, worker.counts)
+        # A worker that stood down trained nothing: the workers that train close the parent.
+        best = selected_cell(study) if worker.stood_down else summarise(study, tracker, parent, interrupted,
+                                                                         worker.counts)
     c, complete = worker.counts, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return StudyOutcome(spec.name, c["completed"], c["failed"], already, best, parent, c["pruned"], c["repaired"],
-                        worker.failures, len(complete), n_threads)
+                        worker.failures, len(complete), n_threads, worker.stood_down)
 
 
 def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | None = None, *,
@@ -127,7 +130,12 @@ def run_suite(spec: StudySpec, settings: Settings, datasets: dict[str, Any] | No
     runs. ``checked``: the caller has already run :func:`~bench.studies.spec.check_suite`."""
     if not checked:
         datasets = check_suite(spec, settings, kwargs.get("data_root"), datasets)  # each dataset loaded once
-    return [run_study(part, settings, datasets=datasets, checked=True, **kwargs) for part in spec.expand()]
+    outs = []
+    for part in spec.expand():
+        outs.append(run_study(part, settings, datasets=datasets, checked=True, **kwargs))
+        if outs[-1].stood_down:  # the earlier workers fill the cores: the next variant would crowd them too
+            break
+    return outs
 
 
 def parent_params(spec: StudySpec, base_trial: dict[str, Any]) -> dict[str, Any]:

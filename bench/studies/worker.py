@@ -107,6 +107,7 @@ class StudyWorker:
         self.tracker = self.parent = self.bar = None
         self.threads = 1
         self._said_waiting = False
+        self.stood_down = False  # stopped at once: earlier workers fill this machine's cores
 
     def begin(self, study: optuna.Study, tracker, parent: str, n_threads: int, progress: bool) -> None:
         """The study, its MLflow parent run and thread count, then repair what others left."""
@@ -162,11 +163,11 @@ class StudyWorker:
             else:
                 open_ = self.search_room(trials) > 0
                 held = [t for t in trials if t.state == TS.RUNNING]
-            if open_ and not self.surplus():
-                return True
-            if not open_ and not any(recovery.can_watch(t, self.store) for t in held):
+            if open_:
+                return not self.stand_down()
+            if not any(recovery.can_watch(t, self.store) for t in held):
                 return False
-            self.say_waiting(len(held), open_)
+            self.say_waiting(len(held))
             threads.idle()  # waiting: the workers that train count it no more
             time.sleep(min(POLL_S * 2**waits, POLL_MAX_S))
         raise AssertionError("unreachable")
@@ -471,21 +472,28 @@ class StudyWorker:
         else:
             print(line, file=sys.stderr)
 
-    def surplus(self) -> bool:
+    def stand_down(self) -> bool:
         """Do the workers of this study that started before this one already fill this
-        machine's cores at the study's thread count? Then this one waits (a worker more
-        would only make all of them slower) and takes a slot when one frees. Under a
-        scheduler (a Slurm task) the scheduler has allocated the cores: never surplus."""
-        if threads.scheduled():
+        machine's cores at the study's thread count? Then this one stops at once, saying so:
+        a worker more would only make all of them slower. Never under a scheduler (a Slurm
+        task: it allocated the cores) or with a GPU of its own (the cores do not limit it)."""
+        if threads.scheduled() or threads.own_gpu() or self.stood_down:
+            return self.stood_down
+        ahead, fits = threads.ahead_of_me(self.key), max(1, threads.cores() // self.threads)
+        if ahead < fits:
             return False
-        return threads.ahead_of_me(self.key) >= max(1, threads.cores() // self.threads)
+        self.stood_down = True
+        threads.idle()
+        self.say(f"{self.spec.name}: this worker stops: the {ahead} worker(s) started before it fill this machine's "
+                 f"{threads.cores()} core(s) at {self.threads} thread(s) per trial, and one more would slow them all "
+                 "down (start it on another machine, or again once one ends)")
+        return True
 
-    def say_waiting(self, held: int, open_: bool) -> None:
+    def say_waiting(self, held: int) -> None:
         if not self._said_waiting:
             self._said_waiting = True
-            why = ("the workers before it fill this machine's cores" if open_
-                   else f"nothing left to take; {held} trial(s) run in other workers")
-            self.say(f"{self.spec.name}: this worker waits: {why} (it takes over if one stops)")
+            self.say(f"{self.spec.name}: this worker waits: nothing left to take; {held} trial(s) run in other "
+                     "workers (it takes over if one stops)")
 
 
 def _label(cell: dict[str, Any]) -> str:
