@@ -36,7 +36,14 @@ def _registry() -> Path:
 
 
 def cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    """CPU cores this process may run on: ``$BENCH_CORES`` when set (a container whose CPU
+    quota is below the cores it sees), else its affinity mask (not the machine's total)."""
+    text = os.environ.get("BENCH_CORES", "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"BENCH_CORES={text!r}: give the number of cores bench may use, e.g. BENCH_CORES=4 "
+                             "(or unset it to use the CPU affinity)")
+        return int(text)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -64,7 +64,8 @@ class Project:
                                                      "description": "fault-injection grid", "pack": pack,
                                                      **({"pack_size": 2} if pack == "auto" else {})}))
         self.env = {**os.environ, "BENCH_CONFIG": str(root / "bench.yaml"), "BENCH_HEARTBEAT": str(heartbeat),
-                    "BENCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+                    "BENCH_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                    "BENCH_CORES": "4"}  # up to 4 workers train, as on a 4-core machine (none stands down)
         self.env.pop("BENCH_FAULT", None)
         self.env.pop("MLFLOW_TRACKING_URI", None)
 

@@ -246,3 +246,14 @@ def test_the_readme_digits_example_passes_the_preflight():
     assert check_against_dataset(cfg, create_dataset(cfg.data)) == []
     without = resolve_trial({}, dotted={k: v for k, v in sets.items() if k != "model.backbone"})
     assert "model.backbone=small_cnn" in check_against_dataset(without, create_dataset(without.data))[0]
+
+
+def test_a_bad_core_count_names_the_variable_before_anything_is_created(project, capsys, monkeypatch):
+    monkeypatch.setenv("BENCH_CORES", "two")
+    line = one_line_error(capsys, ["grid", "g.yaml", "--storage", f"sqlite:///{project}/o.db"])
+    assert line.startswith("error: BENCH_CORES='two': give the number of cores bench may use, e.g. BENCH_CORES=4")
+    assert not (project / "o.db").exists() and not (project / "mlruns").exists()
+    monkeypatch.setenv("BENCH_CORES", "3")
+    from bench import threads
+
+    assert threads.cores() == 3

@@ -18,7 +18,7 @@ def test_two_workers_run_each_cell_exactly_once(tmp_path, tiny_trial):
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "g.yaml").write_text("experiment: par\nkind: grid\n"
                                      "grid: {loss.alpha: [4, 8, 16, 32], loss.delta: [0.0, 0.2]}\n")
-    env = {**os.environ, "BENCH_CONFIG": str(tmp_path / "bench.yaml")}
+    env = {**os.environ, "BENCH_CONFIG": str(tmp_path / "bench.yaml"), "BENCH_CORES": "2"}  # both train, even on 1 core
     cmd = [sys.executable, "-m", "bench", "grid", "g.yaml", "--no-progress"]
     workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                for _ in range(2)]

@@ -164,3 +164,9 @@ def test_two_workers_setting_the_experiment_tags_at_once_both_go_on(tmp_path, mo
     monkeypatch.setattr(MlflowClient, "set_experiment_tag", other_value)
     with pytest.raises(StoreError, match="duplicate key"):
         Tracker(uri, "both", str(tmp_path / "art"), description="another description")
+
+
+def test_metric_labels_are_said_one_way():
+    assert names.metric_label(names.METRIC_VAL_RECALL_AT_1) == "validation R@1"
+    assert names.metric_label(names.recall_at(4, "test")) == "test R@4"
+    assert names.metric_label(names.METRIC_TEST_MAP_AT_R) == names.METRIC_TEST_MAP_AT_R

@@ -79,3 +79,21 @@ def digits_like():
         return Split(x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y=np.repeat(np.arange(first, first + 4), 4))
 
     return RetrievalDataset(name="digits", train=split(0), val=split(4), test=split(8), kind="images")
+
+
+def test_a_frozen_timm_backbone_loads_the_weights_it_was_resolved_with(tmp_path):
+    """The frozen-feature path builds the backbone from resolved weights alone: a ``timm:``
+    backbone loads them too (not a random init), and records them as resolve_model does."""
+    torch.manual_seed(0)
+    src = timm.create_model("test_vit").eval()
+    path = tmp_path / "test_vit.pth"
+    torch.save(src.state_dict(), path)
+    cfg = resolve_trial({}, dotted={"model.backbone": "timm:test_vit", "model.weights": str(path)}).model
+    rw = resolve_model(cfg)
+    torch.manual_seed(1)
+    dst = create_backbone("timm:test_vit", resolved=rw).eval()
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src.forward_head(src.forward_features(x), pre_logits=True))
+    assert dst.weights_info == rw.record() and rw.record()["weights"] == "file"
+    assert create_backbone("timm:test_vit").weights_info["weights"] == "random"

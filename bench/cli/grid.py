@@ -89,6 +89,8 @@ def report_failures(outs, experiment: str) -> int:
     which; exit status 1 when a study holds no complete trial at all, else 0."""
     from shlex import quote
 
+    from bench.studies.spec import cell_label
+
     empty = [o.study_name for o in outs if o.complete_total == 0 and not o.stood_down]
     for o in outs:
         failed = [f for f in o.failures if f["kind"] != "interrupted"]
@@ -99,7 +101,7 @@ def report_failures(outs, experiment: str) -> int:
             by_reason.setdefault(f["reason"].splitlines()[0][:300], []).append(f)
         print(f"{o.study_name}: {len(failed)} trial(s) failed, for {len(by_reason)} reason(s):", file=sys.stderr)
         for reason, fs in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
-            cells = ", ".join(_cell(f["cell"]) for f in fs[:4]) + (f", ... ({len(fs) - 4} more)" if len(fs) > 4 else "")
+            cells = ", ".join(cell_label(f["cell"], "trial") for f in fs[:4]) + (f", ... ({len(fs) - 4} more)" if len(fs) > 4 else "")
             print(f"  {len(fs)} x {reason}  [{cells}]", file=sys.stderr)
     if empty:
         where = ("the reason above" if any(o.failures for o in outs)
@@ -110,6 +112,3 @@ def report_failures(outs, experiment: str) -> int:
     print(f"experiment {experiment!r}: bench report --experiment {quote(experiment)}", file=sys.stderr)
     return 0
 
-
-def _cell(cell: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items()) or "trial"

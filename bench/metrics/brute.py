@@ -48,7 +48,7 @@ def brute_ranks(query: Embeddings, ref: Embeddings, q_labels: Tensor, r_labels: 
         own = (rows, s[torch.arange(len(rows)), rows].clone()) if self_search and original is not None else None
         if self_search:
             s[torch.arange(len(rows)), rows] = -torch.inf
-        idx = _top_by_value_then_index(s, depth) if original is None else _top_with_copies(s, depth, original, tol, own)
+        idx = _top(s, depth, original, tol if original is not None else 0.0, own)
         same = same_all[rows] if same_all is not None else q_labels[rows].unsqueeze(1) == r_labels.unsqueeze(0)
         hit = same.gather(1, idx)
         if self_search:
@@ -98,40 +98,27 @@ def _counts(q_labels: Tensor, r_labels: Tensor, self_search: bool) -> Tensor:
     return counts - 1 if self_search else counts
 
 
-def _top_by_value_then_index(s: Tensor, d: int) -> Tensor:
+def _top(s: Tensor, d: int, original: Tensor | None = None, tol: float = 0.0,
+         own: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Column indices of each row's ``d`` largest values, descending, equal values by
-    ascending index (``topk`` alone orders ties arbitrarily and may cut a tie the wrong way)."""
-    extra = int(d < s.shape[1])  # one more than asked: a tie across the cut shows as equal values
-    v, idx = s.topk(d + extra, dim=1)
-    cut = v[:, d - 1] == v[:, d] if extra else torch.zeros(len(s), dtype=torch.bool, device=s.device)
-    v, idx = v[:, :d], idx[:, :d]
-    o = idx.argsort(dim=1)
-    v, idx = v.gather(1, o), idx.gather(1, o)
-    o = (-v).argsort(dim=1, stable=True)
-    v, idx = v.gather(1, o), idx.gather(1, o)
-    if bool(cut.any()):  # a tie at the cut: which of the tied made it is up to topk
-        rows = cut.nonzero().squeeze(1)
-        idx[rows] = (-s[rows]).argsort(dim=1, stable=True)[:, :d]
-    return idx
+    ascending index (``topk`` alone orders ties arbitrarily and may cut a tie the wrong way).
 
-
-def _top_with_copies(s: Tensor, d: int, original: Tensor, tol: float, own: tuple[Tensor, Tensor] | None) -> Tensor:
-    """:func:`_top_by_value_then_index` where each column takes the value of its
-    ``original`` column (its first identical row): the ``d`` best are picked on the GEMM's
-    values, re-ordered on the originals' values; a row whose cut lies within ``tol`` (the
-    rounding between copies) of the next value is redone whole on the originals' values.
-    ``own``: in a self-search, each row's query and its similarity to itself (its own cell
-    holds -inf, but a copy of the query takes that value)."""
+    With ``original`` (each column's first identical row), every column takes its
+    original's value: the ``d`` best are picked on the GEMM's values and re-ordered on the
+    originals'; a row whose cut lies within ``tol`` (the rounding between copies) of the next
+    value is redone whole on the originals' values. ``own``: in a self-search, each row's
+    query and its similarity to itself (its own cell holds -inf, but a copy of the query
+    takes that value)."""
     if d >= s.shape[1]:
         cut = torch.ones(len(s), dtype=torch.bool, device=s.device)
         idx = torch.empty(len(s), d, dtype=torch.int64, device=s.device)
     else:
         v, idx = s.topk(d + 1, dim=1)
-        cut = v[:, d - 1] - v[:, d] <= tol
+        cut = (v[:, d - 1] - v[:, d] <= tol) | (v[:, d - 1] == v[:, d])  # a tie across the cut
         idx = idx[:, :d].sort(dim=1).values  # ties by index: index order first, then a stable sort
         v = _on_originals(s, idx, original, own)
         idx = idx.gather(1, (-v).argsort(dim=1, stable=True))
-    if bool(cut.any()):
+    if bool(cut.any()):  # which of the tied made it is up to topk: redo those rows whole
         rows = cut.nonzero().squeeze(1)
         cols = torch.arange(s.shape[1], device=s.device).expand(len(rows), -1)
         whole = _on_originals(s[rows], cols, original, None if own is None else (own[0][rows], own[1][rows]))
@@ -139,10 +126,10 @@ def _top_with_copies(s: Tensor, d: int, original: Tensor, tol: float, own: tuple
     return idx
 
 
-def _on_originals(s: Tensor, cols: Tensor, original: Tensor, own: tuple[Tensor, Tensor] | None) -> Tensor:
-    """``s`` at each column's original: the query's own value where that is the query; -inf
-    at the query itself (in a self-search)."""
-    at = original[cols]
+def _on_originals(s: Tensor, cols: Tensor, original: Tensor | None, own: tuple[Tensor, Tensor] | None) -> Tensor:
+    """``s`` at each column's original (``None``: each column is its own): the query's own
+    value where that is the query; -inf at the query itself (in a self-search)."""
+    at = cols if original is None else original[cols]
     v = s.gather(1, at)
     if own is not None:
         query, value = own

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from bench.models.registry import BACKBONES, backbone_spec, is_timm, list_backbones
-from bench.models.weights import ResolvedWeights, WeightsError, file_sha256, resolve
+from bench.models.weights import ResolvedWeights, WeightsError, file_sha256, is_url, resolve
 
 __all__ = ["BACKBONES", "SmallCNN", "TorchvisionTrunk", "clean_state_dict", "create_backbone", "file_sha256",
            "list_backbones", "load_state", "small_cnn", "torchvision_resnet"]
@@ -45,15 +45,13 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     """Build backbone ``name`` with the weights ``model.weights``/``model.pretrained`` ask for
     (fetched and checked by :func:`bench.models.weights.resolve`, or ``resolved`` given)."""
     if is_timm(name):
-        from bench.models.timm_backbones import timm_model, timm_preprocess
+        from bench.models.resolve import resolve_timm
+        from bench.models.timm_backbones import timm_model
 
-        model = timm_model(name, str(weights) if weights else None, pretrained)
-        pre = timm_preprocess(model)
-        src = str(weights) if weights else ("timm pretrained" if pretrained else None)
-        sha = file_sha256(weights) if weights and Path(str(weights)).is_file() else ""
-        model.weights_info = {"weights": "timm" if src else "random", "weights_url": src or "", "weights_sha256": sha,
-                              "preprocess": pre.describe()}
-        model.preprocess = pre
+        rw = resolved if resolved is not None else resolve_timm(name, str(weights) if weights else None, pretrained)
+        source = str(rw.path) if rw.path is not None else (rw.url if rw.url and is_url(rw.url) else None)
+        model = timm_model(name, source, pretrained=rw.name != "random")  # timm loads (and downloads) them
+        model.preprocess, model.weights_info = rw.preprocess, rw.record()
         return model
     spec = backbone_spec(name)
     rw = resolved if resolved is not None else resolve(name, str(weights) if weights else None, pretrained)

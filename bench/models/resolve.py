@@ -17,6 +17,13 @@ def resolve_model(model_cfg: ModelConfig, progress: bool = True) -> ResolvedWeig
     name, weights, pretrained = model_cfg.backbone, model_cfg.weights, model_cfg.pretrained
     if not is_timm(name):
         return resolve(name, weights, pretrained, progress)
+    return resolve_timm(name, weights, pretrained)
+
+
+def resolve_timm(name: str, weights: str | None, pretrained: bool) -> ResolvedWeights:
+    """A ``timm:`` backbone's weights: a local file (hashed), timm's pretrained download
+    (its default, or a URL in ``model.weights``), or random; preprocessing from timm's
+    ``pretrained_cfg``."""
     from bench.models.timm_backbones import timm_preprocess  # imports timm
 
     pre = timm_preprocess(name)

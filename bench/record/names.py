@@ -15,6 +15,8 @@ config keys), ``ARTIFACT_*`` run artifacts, ``ATTR_*`` Optuna user attributes.
 
 from __future__ import annotations
 
+import re
+
 # --- MLflow's tags (the names of mlflow.utils.mlflow_tags) ------------------------------
 MLFLOW_RUN_NAME = "mlflow.runName"
 MLFLOW_RUN_NOTE = "mlflow.note.content"  # also the experiment's description
@@ -87,6 +89,15 @@ def split_metric(split: str, metric: str) -> str:
 def recall_at(k: int, split: str = "test") -> str:
     """The Recall@k metric of ``split`` (``test_recall_at_4``)."""
     return split_metric(split, f"recall_at_{k}")
+
+
+def metric_label(metric: str) -> str:
+    """What a figure or message calls a metric: ``val_recall_at_1`` -> ``validation R@1``,
+    ``test_recall_at_4`` -> ``test R@4`` (other names as they are)."""
+    m = re.fullmatch(r"(val|test)_recall_at_(\d+)", metric)
+    if m is None:
+        return metric
+    return f"{'validation' if m[1] == 'val' else 'test'} R@{m[2]}"
 
 
 def curve(metric: str) -> str:

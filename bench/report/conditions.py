@@ -40,8 +40,9 @@ def saturation_notes(st: Study, scores: dict, runs: pd.DataFrame, client=None) -
     cell's runs (the epoch is the first, by tie-break)."""
     from bench.selection import condition_of
     from bench.record.names import curve as curve_key
+    from bench.record.names import metric_label, recall_at
 
-    metric = "validation R@1" if st.select_on == "val" else "test R@1"
+    metric = metric_label(recall_at(1, st.select_on))
     notes = []
     groups: dict[str, dict[str, float]] = {}
     for cell, vals in scores.items():

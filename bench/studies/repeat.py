@@ -156,7 +156,8 @@ def repeat_stats(client, parent_run_id: str, study: str, cell: str) -> dict[str,
 def stats_line(row: dict[str, Any]) -> str:
     """``study {cell}: test R@1 0.7833 ± 0.0040, validation R@1 ... (n = 5, 95 % Student-t)``."""
     parts = []
-    for m, name in ((n.METRIC_TEST_RECALL_AT_1, "test R@1"), (n.METRIC_VAL_RECALL_AT_1, "validation R@1")):
+    for m in (n.METRIC_TEST_RECALL_AT_1, n.METRIC_VAL_RECALL_AT_1):
+        name = n.metric_label(m)
         st = row.get(m) or {}
         if not st.get("n"):
             parts.append(f"{name} –")

@@ -183,6 +183,11 @@ class StudySpec(BaseModel):
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
 
 
+def cell_label(cell: dict[str, Any], empty: str = "no axes") -> str:
+    """A cell as one short line for messages: ``loss.alpha=16 loss.delta=0.1``."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items()) or empty
+
+
 def trial_settings(settings: Settings, spec: StudySpec) -> dict[str, Any]:
     """The settings every trial of ``spec`` shares (bench.yaml's ``trial`` <- the file's
     ``trial`` <- its ``overrides``), as plain JSON values: what the study records."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import optuna
 
-from bench.record.names import ATTR_BASE_TRIAL, ATTR_METRICS, ATTR_MLFLOW_RUN_ID, ATTR_SPEC, METRIC_TEST_RECALL_AT_1
+from bench.record.names import (ATTR_BASE_TRIAL, ATTR_METRICS, ATTR_MLFLOW_RUN_ID, ATTR_SPEC, METRIC_TEST_RECALL_AT_1,
+                                metric_label, recall_at)
 from bench.selection import DEFAULT_REPEAT_AXES, cell_of, select_cell
 
 TS = optuna.trial.TrialState
@@ -81,7 +82,7 @@ def tie_break_note(study: optuna.Study, axes: tuple[str, ...] | None = None) -> 
         by_cell.setdefault(cell_of(t.params, axes), []).append(t.value)
     means = {c: sum(v) / len(v) for c, v in by_cell.items() if v}
     select_on = (study.user_attrs.get(ATTR_BASE_TRIAL, {}).get("eval", {}) or {}).get("select_on", "val")
-    metric = f"{'validation' if select_on == 'val' else 'test'} R@1"
+    metric = metric_label(recall_at(1, select_on))
     notes = []
     if len(means) > 1 and len(set(means.values())) == 1:
         notes.append(f"{metric} is {next(iter(means.values())):.4f} for every one of the {len(means)} cells: the "

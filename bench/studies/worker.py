@@ -46,7 +46,7 @@ from bench.config import ConfigError, Settings
 from bench.studies import faults, optuna_compat, recovery
 from bench.studies.recovery import Board, cell_key, worker_id
 from bench.studies.sampling import suggest
-from bench.studies.spec import StudySpec, trial_config
+from bench.studies.spec import StudySpec, cell_label, trial_config
 from bench.train import TrialFailed, run_trial
 
 TS = optuna.trial.TrialState
@@ -352,7 +352,7 @@ class StudyWorker:
         if kind != "interrupted":
             self.counts["failed"] += 1
         self.failures.append({"trial": c.trial.number, "cell": c.cell, "kind": kind, "reason": reason})
-        self.say(f"trial {c.trial.number} ({_label(c.cell)}) {'failed' if kind != 'interrupted' else 'stopped'}: "
+        self.say(f"trial {c.trial.number} ({cell_label(c.cell)}) {'failed' if kind != 'interrupted' else 'stopped'}: "
                  f"{reason.splitlines()[0][:300] if reason else kind}")
 
     def abandon(self, pending: list[TrialCell], e: BaseException) -> None:
@@ -495,6 +495,3 @@ class StudyWorker:
             self.say(f"{self.spec.name}: this worker waits: nothing left to take; {held} trial(s) run in other "
                      "workers (it takes over if one stops)")
 
-
-def _label(cell: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items()) or "no axes"

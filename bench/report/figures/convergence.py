@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench.report.captions import clip_note, headline_phrase
 from bench.report.output import Figure
+from bench.record.names import metric_label
 from bench.record.reader import RunSet
 from bench.report.stats import mean_ci
 from bench.report.style import band, colour, legend_above, marker, panel_row, paper_style, save
@@ -59,7 +60,7 @@ def convergence_figure(client, rs: RunSet, out: Path) -> Figure | None:
     if data.empty:
         return None
     metrics = sorted(set(data["metric"]))
-    names = " / ".join(m.replace("_recall_at_1", " R@1").replace("val ", "validation ") for m in metrics)
+    names = " / ".join(metric_label(m) for m in metrics)
     caption = (f"{names[0].upper() + names[1:]} per epoch at each study's selected cell, from "
                f"{headline_phrase(data['source'])}: {_band_phrase(data)}. Markers: epochs a run selected as its "
                "best (the first epoch with its highest selection R@1); the number of runs that chose each epoch is "
@@ -98,7 +99,7 @@ def _draw(data: pd.DataFrame, out: Path, caption: str) -> list[str]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             if ax is axes[0, 0]:
-                ax.set_ylabel(d["metric"].iloc[0].replace("_recall_at_1", " R@1").replace("val", "validation"))
+                ax.set_ylabel(metric_label(d["metric"].iloc[0]))
             if n > 1:
                 ax.set_title(ds + (f"\n{cond}" if cond else ""))
         handles, labels = axes[0, 0].get_legend_handles_labels()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.output import Figure
+from bench.record.names import metric_label
 from bench.record.reader import Study
 from bench.report.style import COLUMN, PAGE, colour, legend_above, paper_style, save, subplots
 from bench.selection import score_name
@@ -62,7 +63,7 @@ def draw_study(st: Study, study, trials: pd.DataFrame, out: Path, source: str,
 
     from bench.report.axes import axis_label
 
-    objective = score_name(st.select_on).replace("_recall_at_1", " R@1").replace("val ", "validation ")
+    objective = metric_label(score_name(st.select_on))
     base = (f"{st.label} ({st.name}); {counts_phrase(trials)}, from {source}. Objective: {objective} "
             "(the study's selection metric, not a test number).")
     params = [c[len("param:"):] for c in trials if c.startswith("param:")]
