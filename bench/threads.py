@@ -78,7 +78,7 @@ def register_worker(study: str | None = None) -> None:
         _registered = path
         atexit.register(_unregister, path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_study)
+    tmp.write_text(f"{_started(os.getpid())}\n{_study}")  # the start time tells a reused pid apart
     os.replace(tmp, path)  # whole: another worker never reads a half-written file as no study
 
 
@@ -102,10 +102,15 @@ def live_workers(study: str | None = None) -> int:
     return max(len(_live_pids(study)), 1)
 
 
-def ahead_of_me(study: str) -> int:
+def ahead_of_me(study: str, family: bool = False) -> int:
     """Live registered workers of ``study`` on this machine started before this one (lower
-    pid): the first ``cores // threads`` workers train; the others stand down."""
-    return sum(pid < os.getpid() for pid in _live_pids(study))
+    pid): the first ``cores // threads`` workers train; the others stand down. ``family``:
+    also those on a variant of ``study`` (a study file's key against its variants')."""
+    return sum(pid < _me() for pid in _live_pids(study, family))
+
+
+def _me() -> int:
+    return os.getpid()
 
 
 def scheduled() -> bool:
@@ -132,7 +137,7 @@ def crowded(study: str) -> int:
 
     deadline = time.monotonic() + PENDING_WAIT_S
     while True:
-        ahead = ahead_of_me(study)
+        ahead = ahead_of_me(study, family=True)
         if ahead >= cores():
             return ahead
         if not _starting_before_me() or time.monotonic() > deadline:
@@ -158,15 +163,13 @@ _PENDING = "(pending)"  # a pid file's content before its worker knows its study
 def _starting_before_me() -> bool:
     """Is a worker that started before this one still starting: registered as pending, or
     the same command line (workers started together) not registered yet?"""
-    me, mine = os.getpid(), _cmdline(os.getpid())
+    me = _me()
+    mine = _cmdline(me)
     files = {f.name: f for f in _registry().iterdir() if f.name.isdigit()}
     for pid in _pids_below(me):
         f = files.get(str(pid))
-        try:
-            if (f.read_text() == _PENDING) if f else (mine is not None and _cmdline(pid) == mine):
-                return True
-        except OSError:
-            continue
+        if ((_read(f) or ("", ""))[1] == _PENDING) if f else (mine is not None and _cmdline(pid) == mine):
+            return True
     return False
 
 
@@ -184,7 +187,10 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
-def _live_pids(study: str | None) -> list[int]:
+def _live_pids(study: str | None, family: bool = False) -> list[int]:
+    """Pids of the live registered workers (of ``study``: on it, or on the study file it is a
+    variant of; ``family``: or on a variant of it). A file whose process is gone, or whose
+    pid now belongs to a later process (another start time), is removed."""
     pids = []
     for f in _registry().iterdir():
         pid = f.name.strip(".").removesuffix(".tmp")  # ".PID.tmp": a pid file being written
@@ -193,15 +199,38 @@ def _live_pids(study: str | None) -> list[int]:
             continue
         if not f.name.isdigit():
             continue
-        if study is not None:
-            try:
-                theirs = f.read_text()
-            except OSError:
-                continue
-            if not theirs or not (study == theirs or study.startswith(theirs + ".")):
-                continue
-        pids.append(int(f.name))
+        entry = _read(f)
+        if entry is None:
+            continue
+        started, theirs = entry
+        if started and started != _started(int(pid)):  # killed (no atexit) and its pid reused
+            f.unlink(missing_ok=True)
+            continue
+        if study is not None and not (theirs and (study == theirs or study.startswith(theirs + ".")
+                                                  or (family and theirs.startswith(study + ".")))):
+            continue
+        pids.append(int(pid))
     return pids
+
+
+def _read(f: Path) -> tuple[str, str] | None:
+    """A pid file's (start time, study); None when it cannot be read."""
+    try:
+        text = f.read_text()
+    except OSError:
+        return None
+    started, sep, study = text.partition("\n")
+    return (started, study) if sep else ("", text)
+
+
+def _started(pid: int) -> str:
+    """A process's start time (``/proc/PID/stat`` field 22, clock ticks since boot); "" where
+    there is no ``/proc``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # fields after the command name: 3 is the first
 
 
 def requested(asked: int | None = None) -> int | None:

@@ -52,6 +52,8 @@ def test_plan_pins_gpus_and_shares_threads_and_loaders():
     assert {p.env["BENCH_THREADS_SHARE"] for p in cpu} == {"1"} and {p.env["BENCH_LOADER_WORKERS"] for p in cpu} == {"0"}
     assert len(plan_workers(_args("grid", "s.yaml", "--workers", "4"), "grid", "j", None, [], cores=2, environ={})) == 2
     assert len(plan_workers(_args("grid", "s.yaml", "--workers", "4", "--threads", "2"), "grid", "j", None, [], 4, {})) == 2
+    assert len(plan_workers(_args("grid", "s.yaml", "--workers", "4"), "grid", "j", 2, [], 4, {})) == 2  # file's threads:
+    assert len(plan_workers(_args("grid", "s.yaml", "--workers", "4", "--threads", "1"), "grid", "j", 2, [], 4, {})) == 4
     assert len(plan_workers(_args("grid", "s.yaml", "--gpus", "0,0,1,1"), "grid", "j", None, ["0", "1"], 2, {})) == 4  # GPUs
     assert cores_note(4, 2, 2).startswith("note: --workers 4: this machine trains 2 CPU worker(s)")
     assert cores_note(2, 2, 2) is None and cores_note(None, 1, 2) is None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 import yaml
 
 from bench.record.reader import runs_frame
@@ -84,7 +85,7 @@ def test_a_worker_beyond_the_cores_stops_at_once_and_says_so(tmp_path, tiny_tria
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 1)
     s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
                  storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
     spec = StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1)
@@ -94,36 +95,63 @@ def test_a_worker_beyond_the_cores_stops_at_once_and_says_so(tmp_path, tiny_tria
     assert err.count("this worker stops: the 1 worker(s) started before it fill this machine's 1 core(s)") == 1
     parent = MlflowClient(s.tracking_uri).get_run(out.parent_run_id)
     assert parent.info.status == "RUNNING"  # closed by the worker that trains, not by this one
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 0)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 0)
     again = run_study(spec, s, progress=False)
     assert again.completed == 1 and not again.stood_down
     assert MlflowClient(s.tracking_uri).get_run(out.parent_run_id).info.status == "FINISHED"
 
 
-def test_bench_grid_beyond_the_cores_stops_before_creating_anything(tmp_path, monkeypatch, capsys):
-    """Earlier workers of the study on every core: ``bench grid`` says so and exits 0 before
-    its heavy imports and before any store exists; a worker with a GPU of its own is not
-    held back by the cores."""
+@pytest.mark.parametrize("variants", [False, True])
+def test_bench_grid_beyond_the_cores_stops_before_its_heavy_imports(tmp_path, variants):
+    """An earlier live worker of the study (of one of its variants, for a suite) on a 1-core
+    machine: ``bench grid`` says so and exits 0 before importing torch, Optuna or MLflow and
+    before any store exists."""
     from bench import threads
-    from bench.cli import main
 
-    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/o.db"
+    (tmp_path / "g.yaml").write_text("experiment: crowd\nkind: grid\ngrid: {loss.alpha: [4, 8]}\n"
+                                     + ("variants: {v1: {trial: {loss: {delta: 0.1}}}}\n" if variants else ""))
+    env = {**os.environ, "TMPDIR": str(tmp_path), "BENCH_CORES": "1"}
+    for k in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"):
+        env.pop(k, None)
+    earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reg = tmp_path / f"bench-workers-{os.getuid()}"
+        reg.mkdir(mode=0o700)
+        (reg / str(earlier.pid)).write_text(f"{threads._started(earlier.pid)}\n"
+                                            + threads.study_key(storage, "crowd.v1" if variants else "crowd"))
+        code = ("import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+                "print('heavy:', [m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules]); sys.exit(rc)")
+        out = subprocess.run([sys.executable, "-c", code, "grid", "g.yaml", "--no-progress", "--storage", storage,
+                              "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        earlier.kill()
+        earlier.wait()
+    assert out.returncode == 0, out.stderr
+    assert "crowd: this worker stops: the 1 worker(s) of this study started before it fill this machine's 1 core(s)" \
+        in out.stderr
+    assert "heavy: []" in out.stdout and '"stood_down": true' in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [reg.name, "g.yaml"]  # no store, no report, nothing
+
+
+def test_crowded_is_held_back_by_neither_a_gpu_of_its_own_nor_a_free_core(tmp_path, monkeypatch):
+    from bench import threads
+
+    monkeypatch.setattr(threads.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(threads, "_starting_before_me", lambda: False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 2)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 2)
-    (tmp_path / "g.yaml").write_text("experiment: crowd\nkind: grid\ngrid: {loss.alpha: [4, 8]}\n")
-    assert main(["grid", "g.yaml", "--no-progress", "--storage", f"sqlite:///{tmp_path}/o.db",
-                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
-    captured = capsys.readouterr()
-    assert "crowd: this worker stops: the 2 worker(s) of this study started before it fill this machine's 2 core(s)" \
-        in captured.err and captured.out == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]  # no store, no report, nothing
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 2)
     assert threads.crowded("k") == 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert threads.crowded("k") == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 1)
+    monkeypatch.setenv("SLURM_JOB_ID", "9")
+    assert threads.crowded("k") == 0
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 1)
     assert threads.crowded("k") == 0  # one core left: it may train (at the study's count, checked later)
 
 
@@ -135,7 +163,7 @@ def test_a_suite_stops_at_the_variant_a_worker_stood_down_on(tmp_path, tiny_tria
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 1)
     s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
                  storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
     spec = StudySpec(experiment="suite", grid={"loss.alpha": [16.0]}, threads=1,
@@ -152,7 +180,7 @@ def test_a_slurm_task_never_stands_down_for_want_of_cores(tmp_path, tiny_trial, 
 
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key: 5)  # would stand down outside a scheduler
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 5)  # would stand down outside a scheduler
     s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
                  storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
     out = run_study(StudySpec(experiment="slurm", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)

@@ -138,8 +138,8 @@ def test_a_deleted_experiment_is_refused_naming_the_fix(tmp_path):
 
 def test_two_workers_setting_the_experiment_tags_at_once_both_go_on(tmp_path, monkeypatch):
     """A worker whose experiment-tag write clashes with another worker's (PostgreSQL's unique
-    key, seen with hand-started workers) goes on when the tag holds the value it wanted,
-    and raises when it holds another."""
+    key, seen with hand-started workers) writes it once more, as an update, and goes on; a
+    store that refuses twice is an error."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -147,22 +147,25 @@ def test_two_workers_setting_the_experiment_tags_at_once_both_go_on(tmp_path, mo
     from bench.stores import StoreError
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    real = MlflowClient.set_experiment_tag
+    real, calls = MlflowClient.set_experiment_tag, []
 
-    def clash(self, experiment_id, key, value):  # the other worker's write lands first
+    def clash(self, experiment_id, key, value):  # the other worker's write (its own text) lands first
+        calls.append(key)
+        if len(calls) == 1:
+            real(self, experiment_id, key, "the other worker's")
+            raise MlflowException('duplicate key value violates unique constraint "experiment_tags_pkey"')
         real(self, experiment_id, key, value)
-        raise MlflowException("duplicate key value violates unique constraint \"experiment_tags_pkey\"")
 
     monkeypatch.setattr(MlflowClient, "set_experiment_tag", clash)
-    t = Tracker(uri, "both", str(tmp_path / "art"), description="grid of both")
-    assert t.client.get_experiment(t.experiment_id).tags[names.MLFLOW_RUN_NOTE] == "grid of both"
+    t = Tracker(uri, "both", str(tmp_path / "art"))
+    assert t.client.get_experiment(t.experiment_id).tags[names.MLFLOW_EXPERIMENT_KIND] == \
+        names.EXPERIMENT_KIND_TRAINING
 
-    def other_value(self, experiment_id, key, value):
-        real(self, experiment_id, key, "something else")
-        raise MlflowException("duplicate key")
+    def refuses(self, experiment_id, key, value):
+        raise MlflowException("read-only database")
 
-    monkeypatch.setattr(MlflowClient, "set_experiment_tag", other_value)
-    with pytest.raises(StoreError, match="duplicate key"):
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", refuses)
+    with pytest.raises(StoreError, match="cannot write there"):
         Tracker(uri, "both", str(tmp_path / "art"), description="another description")
 
 

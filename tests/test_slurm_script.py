@@ -76,12 +76,12 @@ def _fake(path: Path, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-@pytest.mark.parametrize("how", ["slurm_term", "usr1_warning"])
+@pytest.mark.parametrize("how", ["slurm_term", "usr1_warning", "usr1_twice"])
 def test_the_script_stops_its_worker_once_and_requeues_on_the_warning(tmp_path, capsys, monkeypatch, how):
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "log"
-    _fake(tmp_path / "python", f"trap 'echo TERM >> {log}; exit 130' TERM; echo start >> {log}\n"
-                               "while :; do sleep 0.1; done\n")
+    _fake(tmp_path / "python", f"trap 'echo TERM >> {log}; stopping=1' TERM; echo start >> {log}\n"
+                               'while [ -z "${stopping:-}" ]; do sleep 0.1; done; sleep 0.6; exit 130\n')
     _fake(tmp_path / "scontrol", f'echo "scontrol $*" >> {log}\n')
     text = _dry_run(tmp_path, capsys, "--python", str(tmp_path / "python"))
     (tmp_path / "job.sh").write_text(text)
@@ -95,10 +95,13 @@ def test_the_script_stops_its_worker_once_and_requeues_on_the_warning(tmp_path, 
         os.killpg(job.pid, signal.SIGTERM)
     else:  # --signal=B:USR1@120: the batch shell alone
         job.send_signal(signal.SIGUSR1)
+        if how == "usr1_twice":  # a second warning while the worker stops: no second SIGTERM
+            time.sleep(0.2)
+            job.send_signal(signal.SIGUSR1)
     assert job.wait(timeout=20) == 130  # the worker's exit code (interrupted)
     lines = log.read_text().splitlines()
     assert lines.count("TERM") == 1, lines  # one SIGTERM: its interrupt handling runs once
-    assert ("scontrol requeue 7_2" in lines) == (how == "usr1_warning"), lines
+    assert lines.count("scontrol requeue 7_2") == (how != "slurm_term"), lines
     assert not list(tmp_path.glob("bench-7_2-*"))  # the scratch folder is removed
 
 

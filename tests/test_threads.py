@@ -137,7 +137,7 @@ def test_a_worker_waits_for_workers_started_before_it_that_are_still_starting(mo
     a, b = _sleepers(2)
     try:
         me = max(a.pid, b.pid) + 1
-        monkeypatch.setattr(threads.os, "getpid", lambda: me)
+        monkeypatch.setattr(threads, "_me", lambda: me)
         reg = threads._registry()
         key = threads.study_key("journal:x", "s")
 

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace, kind: str) -> int:
         print(f"{spec.name}: this worker stops: the {ahead} worker(s) of this study started before it fill this "
               f"machine's {threads.cores()} core(s), and one more would slow them all down (start it on another "
               "machine, or again once one ends)", file=sys.stderr)
+        print(json.dumps({"study": spec.name, "stood_down": True}, indent=2))
         return 0
     if getattr(args, "pack", None) is not None:
         spec = spec.model_copy(update={"pack": args.pack})
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
     outs = run_suite(spec, s, retry_failed=args.retry_failed, progress=not args.no_progress, datasets=datasets,
                      checked=True)
     rows = [{"study": o.study_name, "completed_now": o.completed, "failed_now": o.failed,
-             "already_done": o.skipped, "best": o.best} for o in outs]
+             "already_done": o.skipped, "best": o.best, **({"stood_down": True} if o.stood_down else {})}
+            for o in outs]
     if spec.repeat.seeds and not any(o.stood_down for o in outs):  # the file's repeat: block: fresh-seed
         # repeats of each selected cell
         from bench.studies.repeat import run_repeats

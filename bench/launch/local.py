@@ -82,19 +82,18 @@ def _holds_study(path: Path, names: list[str]) -> bool:
     return bool(have & set(names))
 
 
-def plan_workers(args: argparse.Namespace, kind: str, storage: str, settings_threads: int | None,
+def plan_workers(args: argparse.Namespace, kind: str, storage: str, pinned: int | None,
                  available: list[str], cores: int, environ: dict[str, str] | None = None) -> list[WorkerPlan]:
-    """Each worker's command line and environment (pure: the GPUs and cores are given)."""
+    """Each worker's command line and environment (pure: the GPUs and cores are given;
+    ``pinned``: the threads per trial the study file or bench.yaml ask for, if any)."""
     environ = os.environ if environ is None else environ
-    gpus = assign(args.workers, args.gpus, available)
-    if all(g is None for g in gpus):  # CPU workers: no more than the cores train at once
-        gpus = gpus[:max(1, cores // cpu_threads(args.threads or settings_threads, environ))]
+    gpus = worker_slots(args, pinned, available, cores, environ)
     share = max(1, cores // len(gpus))
     argv = [*worker_argv(args, kind), "--no-progress", "--storage", storage]
     plans = []
     for gpu in gpus:
         env = {"PYTHONUNBUFFERED": "1"}
-        if args.threads is None and settings_threads is None and not environ.get("BENCH_THREADS"):
+        if args.threads is None and pinned is None and not environ.get("BENCH_THREADS"):
             env["BENCH_THREADS_SHARE"] = str(share)  # a default: the count a study recorded beats it
         if not environ.get("BENCH_LOADER_WORKERS"):
             env["BENCH_LOADER_WORKERS"] = str(max(0, min(8, share - 1)))
@@ -102,6 +101,16 @@ def plan_workers(args: argparse.Namespace, kind: str, storage: str, settings_thr
             env["CUDA_VISIBLE_DEVICES"] = gpu
         plans.append(WorkerPlan(argv, env, gpu))
     return plans
+
+
+def worker_slots(args: argparse.Namespace, threads: int | None, available: list[str], cores: int,
+                 environ: dict[str, str] | None = None) -> list[str | None]:
+    """Each worker's GPU (None: a CPU worker). CPU workers: no more than the cores train at
+    once at ``threads`` per trial (the study file's or bench.yaml's; ``--threads`` beats both)."""
+    gpus = assign(args.workers, args.gpus, available)
+    if all(g is None for g in gpus):
+        gpus = gpus[:max(1, cores // cpu_threads(args.threads or threads, os.environ if environ is None else environ))]
+    return gpus
 
 
 def cpu_threads(asked: int | None, environ) -> int:
@@ -215,8 +224,10 @@ def launch(args: argparse.Namespace, kind: str) -> int:
     spec = load_spec(args.file)
     if spec.kind != kind:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
-    storage, note = local_storage(s.storage, [p.name for p in spec.expand()], args.workers or 0)
-    plans = plan_workers(args, kind, storage, s.threads, visible_gpus(), cores())
+    pinned = spec.threads or s.threads  # the file's threads: beats bench.yaml's (--threads beats both)
+    workers = len(worker_slots(args, pinned, visible_gpus(), cores()))
+    storage, note = local_storage(s.storage, [p.name for p in spec.expand()], workers)
+    plans = plan_workers(args, kind, storage, pinned, visible_gpus(), cores())
     for line in filter(None, [note, cores_note(args.workers, len(plans), cores()),
                               pack_note(spec, args.pack, len(plans))]):
         print(line, file=sys.stderr)

@@ -196,9 +196,8 @@ class Tracker:
             if exp.tags.get(k) != v:
                 try:
                     self.client.set_experiment_tag(exp.experiment_id, k, v)
-                except MlflowException:  # two workers set it at once (a unique-key clash): one won
-                    if self.client.get_experiment(exp.experiment_id).tags.get(k) != v:
-                        raise
+                except MlflowException:  # two workers set it at once (a unique-key clash): the
+                    self.client.set_experiment_tag(exp.experiment_id, k, v)  # tag exists now, so this updates
         return exp.experiment_id
 
     def runs(self, role: str, study: str | None = None, status: str | None = None) -> list:

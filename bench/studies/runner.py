@@ -116,7 +116,8 @@ def run_study(
     finally:
         if worker.bar is not None:
             worker.bar.close()
-        # A worker that stood down trained nothing: the workers that train close the parent.
+        # A worker that stood down (before its first trial) trained nothing: those that train
+        # close the parent.
         best = selected_cell(study) if worker.stood_down else summarise(study, tracker, parent, interrupted,
                                                                          worker.counts)
     c, complete = worker.counts, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

@@ -475,10 +475,11 @@ class StudyWorker:
     def stand_down(self) -> bool:
         """Do the workers of this study that started before this one already fill this
         machine's cores at the study's thread count? Then this one stops at once, saying so:
-        a worker more would only make all of them slower. Never under a scheduler (a Slurm
-        task: it allocated the cores) or with a GPU of its own (the cores do not limit it)."""
-        if threads.scheduled() or threads.own_gpu() or self.stood_down:
-            return self.stood_down
+        a worker more would only make all of them slower. Only before its first trial, and
+        never under a scheduler (a Slurm task: it allocated the cores) or with a GPU of its
+        own (the cores do not limit it)."""
+        if threads.scheduled() or threads.own_gpu() or self.stood_down or self.ordinals:
+            return self.stood_down  # a worker that has trained here goes on: it holds its place
         ahead, fits = threads.ahead_of_me(self.key), max(1, threads.cores() // self.threads)
         if ahead < fits:
             return False
