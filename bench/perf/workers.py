@@ -1,6 +1,6 @@
 """Grid wall time with 1, 2 and 4 local workers on one journal storage, packed and not.
 
-    python -m bench.perf workers [--cells 16] [--workers 1 2 4] [--pack auto off] [--threads N]
+    python -m bench.perf workers [--cells 16] [--workers 1 2 4] [--pack auto off] [--threads N] [--repeats 3]
 
 Each row starts N ``bench grid`` processes on a fresh store and times until all exit, and
 counts the cells each worker trained. Target: more workers never make the grid slower
@@ -8,7 +8,8 @@ than one worker (at most 1.05x, for timing noise): the cores are shared
 (:mod:`bench.threads`), so are the packs (a worker takes at most its share of the open
 cells of one shape), and a worker started when earlier ones fill the cores stops at once;
 on a machine with C cores, up to C workers should be faster. Prints the load average,
-since other work on the machine skews times.
+since other work on the machine skews times, and the median of ``--repeats`` runs of each
+row (rows interleaved, so a burst of load hits all of them) with their range.
 """
 
 from __future__ import annotations
@@ -64,22 +65,34 @@ def trained_per_worker(journal: Path, pids: list[int]) -> tuple[list[int], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import statistics
+
     ap = argparse.ArgumentParser(prog="python -m bench.perf workers", description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--pack", nargs="+", choices=("auto", "off"), default=["auto", "off"])
     ap.add_argument("--threads", type=int, default=None, help="force threads per worker (default: the budget)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each row; the table gives their median")
     a = ap.parse_args(argv)
-    print(f"{a.cells} cells; load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}")
-    print(f"{'pack':>5} {'workers':>8} {'threads':>8} {'seconds':>8} {'vs 1 worker':>12}  {'cells per worker':<18} "
-          "target <= 1.05")
+    print(f"{a.cells} cells; load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}; "
+          f"median of {a.repeats} run(s) per row")
+    runs: dict[tuple[str, int], list[tuple[float, list[int], int]]] = {}
+    for _ in range(a.repeats):
+        for pack in a.pack:
+            for w in a.workers:
+                runs.setdefault((pack, w), []).append(one(w, a.cells, a.threads, pack))
+    print(f"{'pack':>5} {'workers':>8} {'threads':>8} {'seconds':>8} {'range':>12} {'vs 1 worker':>12}  "
+          f"{'cells per worker':<18} target <= 1.05")
     for pack in a.pack:
         base = None
         for w in a.workers:
-            s, split, n_threads = one(w, a.cells, a.threads, pack)
-            base = base or s
-            print(f"{pack:>5} {w:>8} {n_threads:>8} {s:>8.1f} {s / base:>12.2f}  {' '.join(map(str, split)):<18} "
-                  f"{'ok' if s <= base * 1.05 else 'SLOWER'}")
+            rs = runs[(pack, w)]
+            med = statistics.median(r[0] for r in rs)
+            base = base or med
+            split, n_threads = rs[-1][1], rs[-1][2]
+            span = f"{min(r[0] for r in rs):.1f}-{max(r[0] for r in rs):.1f}"
+            print(f"{pack:>5} {w:>8} {n_threads:>8} {med:>8.1f} {span:>12} {med / base:>12.2f}  "
+                  f"{' '.join(map(str, split)):<18} {'ok' if med <= base * 1.05 else 'SLOWER'}")
     print(f"load average after: {os.getloadavg()}")
     return 0
 
