@@ -9,11 +9,14 @@ independently of the runner: completed trials per cell, trial states, MLflow run
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,3 +158,44 @@ def postgres_database(server_url: str) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     assert with_driver(base).startswith("postgresql+")
     return f"{base}/{name}"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(p: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; reaped either way."""
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+@contextlib.contextmanager
+def bench_server(backend_store_uri: str, artifacts: Path, workers: int = 2):
+    """``bench server`` on a free loopback port, yielded as its URL once /health answers
+    (up to 180 s: a first start creates MLflow's tables); stopped on exit."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench", "server", "--backend-store-uri", backend_store_uri,
+         "--artifacts-destination", str(artifacts), "--port", str(port), "--workers", str(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stdout.read().decode()
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(server)

@@ -12,22 +12,17 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from fleet_kit import free_port, stop_process
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")
 
 
 def missing() -> list[str]:
     return [d for d in DAEMONS if shutil.which(d) is None and not Path(f"/usr/sbin/{d}").exists()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _exe(name: str) -> str:
@@ -86,7 +81,7 @@ class OneNodeSlurm:
         (r / "munge" / "munge.key").write_bytes(os.urandom(1024))
         (r / "munge" / "munge.key").chmod(0o600)
         user = getpass.getuser()
-        (r / "slurm.conf").write_text(CONF.format(root=r, ctld_port=_free_port(), d_port=_free_port(), cpus=self.cpus,
+        (r / "slurm.conf").write_text(CONF.format(root=r, ctld_port=free_port(), d_port=free_port(), cpus=self.cpus,
                                                   user=user))
         self._spawn(_exe("munged"), "-F", "-f", f"--socket={r}/munge/sock", f"--key-file={r}/munge/munge.key",
                     f"--log-file={r}/log/munged.log", f"--pid-file={r}/munge/pid", f"--seed-file={r}/munge/seed")
@@ -130,10 +125,4 @@ class OneNodeSlurm:
             except RuntimeError:
                 pass
         for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p, timeout=20)

@@ -5,21 +5,9 @@ left: every cell exactly once, nothing RUNNING."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
-from fleet_kit import Project, postgres_database
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fleet_kit import Project, bench_server, postgres_database
 
 
 def test_server_command_keeps_the_password_off_the_command_line():
@@ -37,23 +25,9 @@ def test_server_command_keeps_the_password_off_the_command_line():
 
 @pytest.mark.slow
 def test_three_workers_one_killed_over_a_tracking_server(tmp_path, tiny_trial, postgres_server_url, monkeypatch):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench", "server", "--backend-store-uri", postgres_database(postgres_server_url),
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--port", str(port), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, server.stdout.read().decode()
-                time.sleep(1)
+    with bench_server(postgres_database(postgres_server_url), tmp_path / "artifacts") as url:
         grid = {"loss.alpha": [8.0, 16.0, 32.0], "loss.delta": [0.0, 0.2]}
-        p = Project(tmp_path, tiny_trial, postgres_database(postgres_server_url),
-                    tracking_uri=f"http://127.0.0.1:{port}", grid=grid)
+        p = Project(tmp_path, tiny_trial, postgres_database(postgres_server_url), tracking_uri=url, grid=grid)
         outs = p.run(["mid_epoch:kill", None, None])
         assert outs[0][0] == -9 and [rc for rc, _ in outs[1:]] == [0, 0], [o[-1500:] for _, o in outs]
         first = p.census()
@@ -62,6 +36,3 @@ def test_three_workers_one_killed_over_a_tracking_server(tmp_path, tiny_trial, p
         again = p.census()
         assert again.exactly_once() and again.complete == first.complete, again.row()
         assert again.run_statuses["KILLED"] == 1
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

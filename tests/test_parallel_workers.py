@@ -72,22 +72,32 @@ def test_two_workers_racing_to_create_the_parent_leave_no_deleted_run_running(tm
     assert len(lost) == 1 and lost[0].info.lifecycle_stage == "deleted" and lost[0].info.status == "KILLED"
 
 
-def test_a_worker_beyond_the_cores_stops_at_once_and_says_so(tmp_path, tiny_trial, monkeypatch, capsys):
+@pytest.fixture
+def one_busy_core(tmp_path, tiny_trial, monkeypatch):
+    """A 1-core machine outside Slurm, with no GPU of its own, where one earlier worker of
+    every study is live; the Settings of a fresh SQLite project. Tests change ``ahead_of_me``
+    or the environment to free the core."""
+    from bench import threads
+    from bench.config import Settings
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 1)
+    return Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                    storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+
+
+def test_a_worker_beyond_the_cores_stops_at_once_and_says_so(one_busy_core, monkeypatch, capsys):
     """One core, one thread per trial, one earlier worker of the study still training: this
     worker stops (a second would only slow both down), trains nothing, leaves the parent
     run to the worker that trains, and is no failure; once the core is free a worker trains."""
     from mlflow import MlflowClient
 
     from bench import threads
-    from bench.config import Settings
     from bench.studies import StudySpec, run_study
 
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 1)
-    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    s = one_busy_core
     spec = StudySpec(experiment="slots", grid={"loss.alpha": [16.0]}, threads=1)
     out = run_study(spec, s, progress=False)
     assert out.stood_down and out.completed == 0 and out.failed == 0
@@ -155,33 +165,23 @@ def test_crowded_is_held_back_by_neither_a_gpu_of_its_own_nor_a_free_core(tmp_pa
     assert threads.crowded("k") == 0  # one core left: it may train (at the study's count, checked later)
 
 
-def test_a_suite_stops_at_the_variant_a_worker_stood_down_on(tmp_path, tiny_trial, monkeypatch):
-    from bench import threads
-    from bench.config import Settings
+def test_a_suite_stops_at_the_variant_a_worker_stood_down_on(one_busy_core):
     from bench.studies import StudySpec, run_suite
 
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(threads, "cores", lambda: 1)
-    monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 1)
-    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    s = one_busy_core
     spec = StudySpec(experiment="suite", grid={"loss.alpha": [16.0]}, threads=1,
                      variants={"a": {"trial": {"loss": {"delta": 0.1}}}, "b": {"trial": {"loss": {"delta": 0.2}}}})
     outs = run_suite(spec, s, progress=False)
     assert [o.stood_down for o in outs] == [True]
 
 
-def test_a_slurm_task_never_stands_down_for_want_of_cores(tmp_path, tiny_trial, monkeypatch, capsys):
+def test_a_slurm_task_never_stands_down_for_want_of_cores(one_busy_core, monkeypatch, capsys):
     """Slurm placed the task on its cores: the machine-level slot rule stays out of its way."""
     from bench import threads
-    from bench.config import Settings
     from bench.studies import StudySpec, run_study
 
     monkeypatch.setenv("SLURM_JOB_ID", "7")
-    monkeypatch.setattr(threads, "cores", lambda: 1)
     monkeypatch.setattr(threads, "ahead_of_me", lambda key, family=False: 5)  # would stand down outside a scheduler
-    s = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                 storage=f"sqlite:///{tmp_path}/optuna.db", trial=tiny_trial)
+    s = one_busy_core
     out = run_study(StudySpec(experiment="slurm", grid={"loss.alpha": [16.0]}, threads=1), s, progress=False)
     assert out.completed == 1 and "this worker stops" not in capsys.readouterr().err

@@ -8,26 +8,18 @@ script or the logs."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from fleet_kit import Project, postgres_database
+from fleet_kit import Project, bench_server, postgres_database
 from slurm_kit import OneNodeSlurm, missing
 
 pytestmark = pytest.mark.slow
 GRID = {"loss.alpha": [8.0, 16.0, 32.0], "loss.delta": [0.0, 0.2]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -46,28 +38,8 @@ def slurm(tmp_path_factory):
 
 @pytest.fixture
 def tracking_server(tmp_path, postgres_server_url):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench", "server", "--backend-store-uri", postgres_database(postgres_server_url),
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--port", str(port), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, server.stdout.read().decode()
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with bench_server(postgres_database(postgres_server_url), tmp_path / "artifacts") as url:
+        yield url
 
 
 _STORES: dict[str, object] = {}

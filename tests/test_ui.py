@@ -9,7 +9,6 @@ reader would (Chromium driven by Playwright) and saves screenshots of each page 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY
+from fleet_kit import free_port
 
 EXPERIMENT = "ui-grid"
 GRID = "experiment: ui-grid\nkind: grid\ndescription: a 2 x 2 grid for the UI test\n" \
@@ -26,12 +26,6 @@ GRID = "experiment: ui-grid\nkind: grid\ndescription: a 2 x 2 grid for the UI te
 #: Child run names: each trial named after its cell.
 CHILDREN = ("alpha=8 delta=0.1", "alpha=8 delta=0.3", "alpha=32 delta=0.1", "alpha=32 delta=0.3")
 HEATMAP = "heatmap_alpha_delta.png"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def artifacts_dir() -> Path:
