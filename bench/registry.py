@@ -63,9 +63,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry for ``name``, a lazy target imported on first use."""
-        if name not in self._entries:
-            raise UnknownName(f"unknown {self.field} {name!r}; allowed: {', '.join(self.names())}")
-        entry = self._entries[name]
+        entry = self.raw(name)
         if isinstance(entry, str):
             entry = self._entries[name] = resolve_target(entry)
         return entry

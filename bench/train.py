@@ -146,7 +146,8 @@ class TrialProgram:
     def __init__(self, cfg: TrialConfig, inputs: Inputs, precision: Precision):
         self.train, self.inputs, self.precision = cfg.train, inputs, precision
         ds, device = inputs.dataset, inputs.device
-        model = create_model(cfg.model, inputs.input_dim, cfg.train.freeze_bn, cfg.train.warmup_epochs)
+        model = create_model(cfg.model, inputs.input_dim, cfg.train.freeze_bn, cfg.train.warmup_epochs,
+                             resolved=getattr(inputs, "weights", None))  # images: resolved (and hashed) once
         self.model = precision.prepare(model.to(device))
         self.loss_fn = build_loss(cfg.loss, ds.num_train_classes, cfg.model.embedding_dim, ds.train.class_parents,
                                   seed=cfg.train.seed).to(device)

@@ -28,8 +28,6 @@ STATE_KEY = "MLflowLocalStorage-1.1-ExperimentPage-{ids}-ReactComponentState"
 RUN_NAME_COLUMN, RUN_NAME_WIDTH = "attributes.`Run Name`", 260
 #: The metrics every trial logs that a reader compares cells on, selection metric first.
 METRICS = (METRIC_VAL_RECALL_AT_1, METRIC_TEST_RECALL_AT_1)
-#: Axes that repeat a cell rather than define it (never a column of their own).
-REPEAT_AXES = DEFAULT_REPEAT_AXES
 
 Fetch = Callable[[str, dict[str, Any]], dict[str, Any]]
 
@@ -85,7 +83,7 @@ def experiment_view(fetch: Fetch, experiment_id: str) -> dict[str, Any] | None:
             cell = json.loads(_tags(r).get(BENCH_CELL) or "{}")
         except ValueError:
             cell = {}
-        axes.update(dict.fromkeys(k for k in cell if k not in REPEAT_AXES))
+        axes.update(dict.fromkeys(k for k in cell if k not in DEFAULT_REPEAT_AXES))  # repeats, not axes
         logged.update(m["key"] for m in r.get("data", {}).get("metrics", []))
     parents = [r["info"]["run_id"] for r in _runs(fetch, experiment_id, ROLE_PARENT, 1000)]
     return view_state(list(axes), parents, [m for m in METRICS if m in logged])

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from bench.models.weights import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (stated once, with the weights)
 
 
 class ImageReadError(OSError):

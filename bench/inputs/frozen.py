@@ -86,7 +86,6 @@ def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, ds: RetrievalData
         "version": VERSION,
         "backbone": name,
         "weights": weights.sha256 or (f"{weights.name} {weights.url}" if weights.name != "random" else "random-init-seed-0"),
-        "weights_path": str(weights.path) if weights.path is not None else None,
         "preprocess": weights.preprocess.key(),
         "pool": model_cfg.pool,
         "size": size,
@@ -97,7 +96,6 @@ def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, ds: RetrievalData
 
 
 def _digest(d: dict[str, Any]) -> str:
-    d = {k: v for k, v in d.items() if k != "weights_path"}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -140,8 +138,7 @@ def cached_split_features(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        meta = {k: v for k, v in key.items() if k != "weights_path"}
-        torch.save({"features": feats, "meta": json.dumps(meta, default=str)}, tmp)
+        torch.save({"features": feats, "meta": json.dumps(key, default=str)}, tmp)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the whole new file
     return feats, "computed"
 

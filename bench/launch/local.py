@@ -225,10 +225,11 @@ def launch(args: argparse.Namespace, kind: str) -> int:
     if spec.kind != kind:
         raise ConfigError(f"{args.file} is a '{spec.kind}' file; run it with: bench {spec.kind} {args.file}")
     pinned = spec.threads or s.threads  # the file's threads: beats bench.yaml's (--threads beats both)
-    workers = len(worker_slots(args, pinned, visible_gpus(), cores()))
+    gpus, n_cores = visible_gpus(), cores()  # nvidia-smi once
+    workers = len(worker_slots(args, pinned, gpus, n_cores))
     storage, note = local_storage(s.storage, [p.name for p in spec.expand()], workers)
-    plans = plan_workers(args, kind, storage, pinned, visible_gpus(), cores())
-    for line in filter(None, [note, cores_note(args.workers, len(plans), cores()),
+    plans = plan_workers(args, kind, storage, pinned, gpus, n_cores)
+    for line in filter(None, [note, cores_note(args.workers, len(plans), n_cores),
                               pack_note(spec, args.pack, len(plans))]):
         print(line, file=sys.stderr)
     if not s.tracking_uri.startswith("sqlite"):  # a database or server: made once, not raced by every worker

@@ -120,8 +120,11 @@ def _top(s: Tensor, d: int, original: Tensor | None = None, tol: float = 0.0,
         idx = idx.gather(1, (-v).argsort(dim=1, stable=True))
     if bool(cut.any()):  # which of the tied made it is up to topk: redo those rows whole
         rows = cut.nonzero().squeeze(1)
-        cols = torch.arange(s.shape[1], device=s.device).expand(len(rows), -1)
-        whole = _on_originals(s[rows], cols, original, None if own is None else (own[0][rows], own[1][rows]))
+        if original is None:  # each column is its own original: the row as it is
+            whole = s[rows]
+        else:
+            cols = torch.arange(s.shape[1], device=s.device).expand(len(rows), -1)
+            whole = _on_originals(s[rows], cols, original, None if own is None else (own[0][rows], own[1][rows]))
         idx[rows] = (-whole).argsort(dim=1, stable=True)[:, :d]
     return idx
 

@@ -92,9 +92,11 @@ def freeze_batchnorm(module: nn.Module) -> int:
     return n
 
 
-def build_backbone(cfg: Any) -> nn.Module:
-    """The backbone a :class:`bench.config.ModelConfig` names, weights loaded if asked."""
-    return create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained)
+def build_backbone(cfg: Any, resolved: Any = None) -> nn.Module:
+    """The backbone a :class:`bench.config.ModelConfig` names, weights loaded if asked
+    (``resolved``: the :class:`~bench.models.weights.ResolvedWeights` the input stage
+    already fetched and checked, so the file is not hashed again)."""
+    return create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained, resolved=resolved)
 
 
 def head_init(cfg: Any, backbone_trains: bool) -> str:
@@ -105,14 +107,16 @@ def head_init(cfg: Any, backbone_trains: bool) -> str:
     return choice
 
 
-def create_model(cfg: Any, input_dim: int | None, freeze_bn: bool = False, warmup_epochs: int = 0) -> nn.Module:
+def create_model(cfg: Any, input_dim: int | None, freeze_bn: bool = False, warmup_epochs: int = 0,
+                 resolved: Any = None) -> nn.Module:
     """The model ``cfg`` (a :class:`bench.config.ModelConfig`) names.
 
     ``input_dim``: the width of the features the model reads (a head alone), or ``None``
-    for images (``cfg.backbone`` + pool + head; ``freeze_bn`` / ``warmup_epochs`` apply).
+    for images (``cfg.backbone`` + pool + head; ``freeze_bn`` / ``warmup_epochs`` apply;
+    ``resolved``: its weights, already resolved).
     """
     if input_dim is not None:
         return EmbeddingHead(input_dim, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, False))
-    backbone = build_backbone(cfg)
+    backbone = build_backbone(cfg, resolved)
     head = EmbeddingHead(backbone.out_features, cfg.embedding_dim, cfg.head, cfg.hidden_dim, head_init(cfg, True))
     return EmbeddingNet(backbone, head, cfg.pool, freeze_bn=freeze_bn, warmup_epochs=warmup_epochs)

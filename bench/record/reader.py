@@ -289,7 +289,7 @@ def _study(name: str, experiment: str, experiment_id: str, parent_id: str | None
     datasets = sorted(g.get(n.param_column(n.PARAM_DATA_NAME), pd.Series(dtype=object)).dropna().astype(str).unique())
     return Study(name=name, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent_id,
                  kind=kind, axes=axes, repeat_axes=repeat_axes, select_on=select_on,
-                 conditions=default_conditions(axes, spec.get("conditions") if "conditions" in spec else None),
+                 conditions=default_conditions(axes, spec.get("conditions")),
                  space=dict(spec.get("space") or {}), loss=losses[0] if len(losses) == 1 else "",
                  dataset=datasets[0] if len(datasets) == 1 else "")
 

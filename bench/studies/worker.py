@@ -158,8 +158,9 @@ class StudyWorker:
             if any(t.state == TS.WAITING for t in trials):
                 return True  # queued (a heartbeat retry): the next ask pops it
             if self.grid:
-                open_ = bool(self.open_cells())
-                held = list(Board.of(self.study, self.cells).held.values())
+                board = Board.of(self.study, self.cells)
+                open_ = bool(self.open_cells(board))
+                held = list(board.held.values())
             else:
                 open_ = self.search_room(trials) > 0
                 held = [t for t in trials if t.state == TS.RUNNING]
@@ -234,8 +235,10 @@ class StudyWorker:
             todo = self.open_cells()
         return self.by_key[rng.choice(todo)] if todo else rng.choice(self.cells)
 
-    def open_cells(self) -> list[str]:
-        todo = Board.of(self.study, self.cells).todo(self.started_at if self.retry_failed else None)
+    def open_cells(self, board: Board | None = None) -> list[str]:
+        """Cells this worker may still start (``board``: the study's, if just read)."""
+        board = board if board is not None else Board.of(self.study, self.cells)
+        todo = board.todo(self.started_at if self.retry_failed else None)
         return [k for k in todo if self.attempts[k] < ATTEMPTS_PER_RUN]
 
     def search_room(self, trials) -> int:
